@@ -1,0 +1,280 @@
+"""`harness`: the command line. A thin layer: it parses options, calls the library, and turns
+`HarnessError`s into messages and exit codes.
+
+Exit codes: 0 everything ran and scored; 1 a run (or a check) did not end ok; 2 bad usage or
+options; 3 the harness could not work (data, database, entries); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+import harness
+from harness.budget import DEFAULT_MEMORY, DEFAULT_SECONDS, RunLimits, format_bytes, parse_memory
+from harness.data import DataSource, load_corpus
+from harness.entries import EntrySource, discover, parse_overrides, select, static_metadata
+from harness.errors import ConfigError, EntryError, HarnessError, RunStatus
+from harness.store import Store
+from harness.supervisor import RunOutcome, RunRequest, Supervisor, run_child_once
+
+EXIT_RUN_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def _entry_dirs(submissions: str, baselines: str) -> dict[str, Path]:
+    return {"submission": Path(submissions), "baseline": Path(baselines)}
+
+
+def entry_dir_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--baselines", default="baselines", show_default=True, type=click.Path(file_okay=False),
+                           help="Folder of baseline entries.")(command)
+    return click.option("--submissions", default="submissions", show_default=True, type=click.Path(file_okay=False),
+                        help="Folder of participants' entries.")(command)
+
+
+def hparam_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--hparam", "hparams", multiple=True, metavar="KEY=VALUE",
+                        help="Override a hyper-parameter of the entry (repeatable), e.g. --hparam lr=0.002.")(command)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu")
+    return device
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(harness.__version__, prog_name="harness")
+def main() -> None:
+    """ptb-harness: train and score Penn Treebank language models under enforced budgets."""
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@click.option("--all", "run_all", is_flag=True, help="Run every entry in submissions/ and baselines/.")
+@click.option("--budget", type=float, metavar="SECONDS",
+              help="Training time budget [default: 600 on cpu, 300 on cuda].")
+@click.option("--memory", default=DEFAULT_MEMORY, show_default=True, help="Peak memory budget, e.g. 8GiB.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random, numpy and torch.")
+@hparam_option
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads per run [default: all cores].")
+@click.option("--evals", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Validation passes during training, spread evenly over the budget.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with ptb.*.txt [env: HARNESS_DATA_DIR].")
+@click.option("--db", default="harness.sqlite", show_default=True, envvar="HARNESS_DB",
+              help="Results database: a SQLite path or a SQLAlchemy URL [env: HARNESS_DB].")
+@click.option("--runs-dir", default=".harness/runs", show_default=True, type=click.Path(file_okay=False),
+              help="Where each run's log and per-token scores are kept.")
+@entry_dir_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per finished run on stdout.")
+def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str, device: str, seed: int,
+        hparams: tuple[str, ...], threads: int | None, evals: int, data_dir: str | None, db: str, runs_dir: str,
+        submissions: str, baselines: str, as_json: bool) -> None:
+    """Train and score entries (NAMES, or paths to .py files), each in its own process."""
+    with _errors_to_exit():
+        if bool(names) == run_all:
+            raise click.UsageError("give entry NAMES or --all (not both)")
+        available = discover(_entry_dirs(submissions, baselines))
+        entries = list(available.values()) if run_all else select(list(names), available)
+        if not entries:
+            raise EntryError(f"no entries found in {submissions}/ or {baselines}/; create one with `harness new NAME`")
+        chosen_device = resolve_device(device)
+        limits = RunLimits(seconds=budget or DEFAULT_SECONDS[chosen_device], memory_bytes=parse_memory(memory),
+                           evals=evals)
+        overrides = _typed_overrides(entries, list(hparams), Path(runs_dir)) if hparams else {}
+        corpus = load_corpus(DataSource.from_options(data_dir))
+        store = Store(db)
+        abandoned = store.mark_abandoned()
+        if abandoned:
+            click.echo(f"marked {abandoned} run(s) left unfinished by a stopped harness as interrupted", err=True)
+        view = ProgressView(as_json)
+        outcomes: list[RunOutcome] = []
+        with Supervisor(store, corpus, Path(runs_dir), on_event=view.on_event) as supervisor:
+            for entry in entries:
+                request = RunRequest(entry=entry, hparams=overrides.get(entry.name, {}), seed=seed,
+                                     device=chosen_device, threads=threads or os.cpu_count() or 1, limits=limits)
+                outcomes.append(supervisor.run(request))
+        view.summary(outcomes, db)
+        if any(outcome.status is not RunStatus.OK for outcome in outcomes):
+            sys.exit(EXIT_RUN_FAILED)
+
+
+def _typed_overrides(entries: list[EntrySource], pairs: list[str], work_dir: Path) -> dict[str, dict[str, Any]]:
+    """Check `--hparam` against each entry's schema (read in a child: importing runs its code)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    message, log = run_child_once("describe", {"paths": [str(e.path) for e in entries]}, work_dir / "describe")
+    if not message or message.get("type") != "described_all":
+        raise EntryError(f"could not read the entries' hyper-parameters: {message}\n{log[-2000:]}")
+    typed = {}
+    for entry, description in zip(entries, message["entries"]):
+        if description["ok"]:
+            typed[entry.name] = parse_overrides(pairs, description["schema"], entry.name)
+        else:  # it will fail alone when it runs, with its traceback recorded
+            typed[entry.name] = {}
+    return typed
+
+
+class ProgressView:
+    """A live progress line per run on stderr, and a summary at the end."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.tty = sys.stderr.isatty()
+        self.budget = 0.0
+        self.last_draw = 0.0
+        self.valid_ppl: float | None = None
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "run_started":
+            self.budget, self.valid_ppl = float(event["budget"]), None
+            click.echo(f"run {event['run_id']}: {event['entry']} (budget {self.budget:.0f} s)", err=True)
+        elif kind == "curve":
+            self.valid_ppl = event.get("valid_ppl")
+            self._draw(event, force=True)
+        elif kind == "progress":
+            self._draw(event, force=False)
+        elif kind == "run_finished":
+            if self.tty:
+                click.echo("", err=True)
+            click.echo(_outcome_line(event), err=True)
+            if self.as_json:
+                click.echo(json.dumps(event))
+
+    def _draw(self, event: dict[str, Any], force: bool) -> None:
+        now = time.monotonic()
+        if not (force or (self.tty and now - self.last_draw > 0.2)):
+            return
+        self.last_draw = now
+        elapsed = float(event.get("train_seconds") or 0.0)
+        width = 24
+        filled = min(width, int(width * elapsed / self.budget)) if self.budget else 0
+        bar = "#" * filled + "-" * (width - filled)
+        loss = event.get("loss")
+        parts = [f"  [{bar}] {elapsed:6.1f}/{self.budget:.0f} s", f"step {event.get('step', '-')}"]
+        if loss is not None:
+            parts.append(f"loss {loss:.3f}")
+        if self.valid_ppl is not None:
+            parts.append(f"valid ppl {self.valid_ppl:.1f}")
+        line = "  ".join(parts)
+        if self.tty:
+            click.echo("\r" + line.ljust(100)[:100], err=True, nl=False)
+        else:
+            click.echo(line, err=True)
+
+    def summary(self, outcomes: list[RunOutcome], db: str) -> None:
+        ok = sum(outcome.status is RunStatus.OK for outcome in outcomes)
+        click.echo(f"{ok} of {len(outcomes)} run(s) ok; results in {db}", err=True)
+
+
+def _outcome_line(event: dict[str, Any]) -> str:
+    head = f"run {event['run_id']}: {event['entry']}: {event['status']}"
+    if event["status"] == RunStatus.OK.value:
+        return (f"{head}  test ppl {event['test_ppl']:.2f} ({event['test_tokens']:,} tokens)  "
+                f"valid ppl {event['valid_ppl']:.2f} ({event['valid_tokens']:,} tokens)  "
+                f"peak memory {format_bytes(event.get('peak_memory_bytes'))}")
+    return f"{head} [{event.get('failure')}] {event.get('reason')}"
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@hparam_option
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds before giving up.")
+def check(path: str, hparams: tuple[str, ...], device: str, timeout: float) -> None:
+    """Validate an entry in seconds, without training or data: import, setup, steps and every scoring check."""
+    import tempfile
+
+    with _errors_to_exit(), tempfile.TemporaryDirectory(prefix="ptb-harness-check-") as work:
+        entry = EntrySource.read(Path(path), "submission")
+        overrides: dict[str, Any] = {}
+        if hparams:
+            overrides = _typed_overrides([entry], list(hparams), Path(work))[entry.name]
+        spec = {"entry_path": str(entry.path), "hparams": overrides, "seed": 0, "threads": 1,
+                "device": resolve_device(device)}
+        message, log = run_child_once("check", spec, Path(work), timeout=timeout)
+        findings = _findings(message, log)
+        for finding in findings:
+            mark = click.style("ok  ", fg="green") if finding["ok"] else click.style("FAIL", fg="red")
+            detail = f": {finding['detail']}" if finding.get("detail") else ""
+            click.echo(f"{mark} {finding['check']}{detail}")
+        failed = [f for f in findings if not f["ok"]]
+        if failed:
+            click.echo(f"{len(failed)} problem(s) found in {path}", err=True)
+            sys.exit(EXIT_RUN_FAILED)
+        click.echo(f"{path} passes every check")
+
+
+def _findings(message: dict[str, Any] | None, log: str) -> list[dict[str, Any]]:
+    if message and message.get("type") == "checked":
+        return list(message["findings"])
+    reason = (message or {}).get("reason") or "the check process ended without a report"
+    return [{"check": "run", "ok": False, "detail": f"{reason}\n{log[-2000:]}".rstrip()}]
+
+
+@main.command()
+@click.argument("name")
+@click.option("--submissions", default="submissions", show_default=True, type=click.Path(file_okay=False))
+def new(name: str, submissions: str) -> None:
+    """Write a fresh entry NAME.py into submissions/ from the template."""
+    with _errors_to_exit():
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise ConfigError(f"entry name {name!r} must be lower case letters, digits and _ (e.g. my_lstm)")
+        folder = Path(submissions)
+        template = folder / "_template.py"
+        target = folder / f"{name}.py"
+        if not template.is_file():
+            raise EntryError(f"no template at {template}; run `harness new` from the repository root")
+        if target.exists():
+            raise EntryError(f"{target} already exists; choose another name or edit it")
+        shutil.copyfile(template, target)
+        click.echo(f"wrote {target}: edit it, then `harness check {target}` and `harness run {name} --budget 60`")
+
+
+@main.command(name="list")
+@entry_dir_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per entry.")
+def list_entries(submissions: str, baselines: str, as_json: bool) -> None:
+    """List the entries `harness run --all` would run (read from source, not imported)."""
+    with _errors_to_exit():
+        for entry in discover(_entry_dirs(submissions, baselines)).values():
+            meta = static_metadata(entry)
+            if as_json:
+                click.echo(json.dumps({"name": entry.name, "kind": entry.kind, "path": str(entry.path), **meta}))
+            else:
+                click.echo(f"{entry.name:<20} {entry.kind:<10} {meta['description'][:70]}")
+
+
+class _errors_to_exit:
+    """Turn a `HarnessError` into `error: message` on stderr and its exit code; Ctrl-C into 130."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if isinstance(exc, HarnessError):
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        if isinstance(exc, KeyboardInterrupt):
+            click.echo("\ninterrupted: the run in progress was recorded as interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        return False
+
+
+if __name__ == "__main__":
+    main()

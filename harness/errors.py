@@ -1,0 +1,97 @@
+"""Errors the library raises, and the vocabulary of run outcomes.
+
+Library code raises a `HarnessError` subclass; only `harness.cli` turns one into a message and an
+exit code. Every message says what failed, where, and how to fix it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class HarnessError(Exception):
+    """Base class of every error the harness reports to a user."""
+
+    exit_code = 3
+
+
+class DataError(HarnessError):
+    """The PTB files are missing, corrupt or could not be downloaded."""
+
+
+class EntryError(HarnessError):
+    """An entry could not be found, imported or does not follow the contract."""
+
+
+class HparamError(HarnessError):
+    """A hyper-parameter override names an unknown key or has a value of the wrong type."""
+
+    exit_code = 2
+
+
+class ConfigError(HarnessError):
+    """A budget, memory size, device or other option is malformed."""
+
+    exit_code = 2
+
+
+class StoreError(HarnessError):
+    """The results database cannot be opened or written."""
+
+
+class RunStatus(str, enum.Enum):
+    """How a run ended. `running` only while it is in flight."""
+
+    RUNNING = "running"
+    OK = "ok"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    OUT_OF_MEMORY = "out_of_memory"
+    INVALID = "invalid"
+    INTERRUPTED = "interrupted"
+
+
+class FailureKind(str, enum.Enum):
+    """Why a run did not end `ok`: one taxonomy for the runner, the database and the CLI."""
+
+    IMPORT_ERROR = "import_error"
+    CONTRACT_VIOLATION = "contract_violation"
+    RUNTIME_ERROR = "runtime_error"
+    NON_FINITE = "non_finite"
+    INVALID_OUTPUT = "invalid_output"
+    CAUSALITY_VIOLATION = "causality_violation"
+    WEIGHTS_MODIFIED = "weights_modified"
+    TIMEOUT = "timeout"
+    OUT_OF_MEMORY = "out_of_memory"
+    SANDBOX_VIOLATION = "sandbox_violation"
+    INTERRUPTED = "interrupted"
+    HARNESS_ERROR = "harness_error"
+
+    @property
+    def status(self) -> RunStatus:
+        """The run status this kind of failure ends in."""
+        return _STATUS_OF_FAILURE.get(self, RunStatus.FAILED)
+
+
+_STATUS_OF_FAILURE = {
+    FailureKind.INVALID_OUTPUT: RunStatus.INVALID,
+    FailureKind.CAUSALITY_VIOLATION: RunStatus.INVALID,
+    FailureKind.WEIGHTS_MODIFIED: RunStatus.INVALID,
+    FailureKind.TIMEOUT: RunStatus.TIMEOUT,
+    FailureKind.OUT_OF_MEMORY: RunStatus.OUT_OF_MEMORY,
+    FailureKind.INTERRUPTED: RunStatus.INTERRUPTED,
+}
+
+
+class EntryFailure(Exception):
+    """Raised inside a run when the entry (not the harness) is at fault.
+
+    Not a `HarnessError`: it never reaches the CLI directly; the worker reports it and the run is
+    recorded with `kind` and this message as its reason.
+    """
+
+    def __init__(self, kind: FailureKind, reason: str, traceback: str = "") -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+        self.traceback = traceback

@@ -1,0 +1,245 @@
+"""The results database: SQLAlchemy 2 ORM models and the few operations the harness needs.
+
+Every run, failed ones too, is a row of `runs`, written in its own transaction at each change of
+state: created `running`, updated as the child reports, finished with its status. Validation
+curve points live in `curve_points`. SQLite (the default) runs in WAL mode so a reader (the site,
+`harness results`) never blocks a runner.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from harness.errors import RunStatus, StoreError
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    __tablename__ = "harness_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # What ran.
+    entry: Mapped[str] = mapped_column(String(200), index=True)
+    entry_kind: Mapped[str] = mapped_column(String(20), default="submission")
+    entry_path: Mapped[str] = mapped_column(Text)
+    source_hash: Mapped[str] = mapped_column(String(64), index=True)
+    source: Mapped[str] = mapped_column(Text)
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    authors: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    track: Mapped[str] = mapped_column(String(40), default="causal")
+    hparams: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    hparam_overrides: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    seed: Mapped[int] = mapped_column(Integer)
+    # Where and under which limits.
+    device: Mapped[str] = mapped_column(String(20))
+    device_name: Mapped[str | None] = mapped_column(String(200))
+    threads: Mapped[int | None] = mapped_column(Integer)
+    budget_seconds: Mapped[float] = mapped_column(Float)
+    memory_limit_bytes: Mapped[int] = mapped_column(Integer)
+    eval_protocol: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    data_checksums: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # How it ended.
+    status: Mapped[str] = mapped_column(String(20), index=True, default=RunStatus.RUNNING.value)
+    failure: Mapped[str | None] = mapped_column(String(40))
+    reason: Mapped[str | None] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)
+    log_tail: Mapped[str | None] = mapped_column(Text)
+    checks: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Scores: perplexity with the number of tokens it is over, and the summed NLL behind it.
+    valid_ppl: Mapped[float | None] = mapped_column(Float)
+    valid_tokens: Mapped[int | None] = mapped_column(Integer)
+    valid_nll_sum: Mapped[float | None] = mapped_column(Float)
+    test_ppl: Mapped[float | None] = mapped_column(Float)
+    test_tokens: Mapped[int | None] = mapped_column(Integer)
+    test_nll_sum: Mapped[float | None] = mapped_column(Float)
+    # What it spent.
+    steps: Mapped[int | None] = mapped_column(Integer)
+    epochs: Mapped[float | None] = mapped_column(Float)
+    tokens_trained: Mapped[int | None] = mapped_column(Integer)
+    train_seconds: Mapped[float | None] = mapped_column(Float)
+    stop_reason: Mapped[str | None] = mapped_column(String(40))
+    peak_memory_bytes: Mapped[int | None] = mapped_column(Integer)
+    peak_gpu_memory_bytes: Mapped[int | None] = mapped_column(Integer)
+    param_count: Mapped[int | None] = mapped_column(Integer)
+    # Environment.
+    harness_version: Mapped[str] = mapped_column(String(40))
+    torch_version: Mapped[str | None] = mapped_column(String(40))
+    python_version: Mapped[str | None] = mapped_column(String(40))
+    platform: Mapped[str | None] = mapped_column(Text)
+    environment: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    runner_host: Mapped[str | None] = mapped_column(String(200))
+    runner_pid: Mapped[int | None] = mapped_column(Integer)
+
+    curve: Mapped[list[CurvePoint]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", order_by="CurvePoint.train_seconds"
+    )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every column, JSON-friendly (datetimes as ISO strings), without the source text."""
+        out = {}
+        for column in self.__table__.columns:
+            if column.key == "source":
+                continue
+            value = getattr(self, column.key)
+            out[column.key] = value.isoformat() if isinstance(value, dt.datetime) else value
+        return out
+
+
+class CurvePoint(Base):
+    __tablename__ = "curve_points"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    train_seconds: Mapped[float] = mapped_column(Float)
+    steps: Mapped[int] = mapped_column(Integer)
+    tokens: Mapped[int] = mapped_column(Integer)
+    valid_ppl: Mapped[float] = mapped_column(Float)
+
+    run: Mapped[Run] = relationship(back_populates="curve")
+
+
+def database_url(db: str | os.PathLike[str]) -> str:
+    """A path becomes a SQLite URL; anything with `://` is taken as a SQLAlchemy URL."""
+    text = str(db)
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
+class Store:
+    def __init__(self, db: str | os.PathLike[str]) -> None:
+        url = database_url(db)
+        try:
+            parsed = make_url(url)
+            if parsed.get_backend_name() == "sqlite" and parsed.database:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(url, connect_args=self._connect_args(parsed.get_backend_name()))
+        except (ArgumentError, SQLAlchemyError, OSError, ImportError) as exc:
+            raise StoreError(f"cannot open the results database {db!r}: {exc}") from exc
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._create_schema(db)
+
+    @staticmethod
+    def _connect_args(backend: str) -> dict[str, Any]:
+        return {"timeout": 60} if backend == "sqlite" else {}
+
+    def _create_schema(self, db: object) -> None:
+        try:
+            Base.metadata.create_all(self.engine)
+            with self.session() as session:
+                found = session.get(Meta, "schema_version")
+                if found is None:
+                    session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                elif int(found.value) != SCHEMA_VERSION:
+                    raise StoreError(
+                        f"the results database {db} has schema version {found.value}, this harness "
+                        f"reads version {SCHEMA_VERSION}; use a matching harness or a new --db"
+                    )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot create tables in the results database {db}: {exc}") from exc
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        with self._sessions.begin() as session:
+            yield session
+
+    def start_run(self, **fields: Any) -> int:
+        run = Run(status=RunStatus.RUNNING.value, started_at=utcnow(), runner_host=socket.gethostname(),
+                  runner_pid=os.getpid(), **fields)
+        with self.session() as session:
+            session.add(run)
+            session.flush()
+            return run.id
+
+    def update_run(self, run_id: int, **fields: Any) -> None:
+        with self.session() as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                raise StoreError(f"run {run_id} is not in the database")
+            for key, value in fields.items():
+                setattr(run, key, value)
+
+    def add_curve_point(self, run_id: int, **fields: Any) -> None:
+        with self.session() as session:
+            session.add(CurvePoint(run_id=run_id, **fields))
+
+    def finish_run(self, run_id: int, status: RunStatus, **fields: Any) -> None:
+        self.update_run(run_id, status=status.value, ended_at=utcnow(), **fields)
+
+    def mark_abandoned(self) -> int:
+        """Runs left `running` by a harness process on this host that no longer exists."""
+        host = socket.gethostname()
+        with self.session() as session:
+            stale = session.scalars(select(Run).where(Run.status == RunStatus.RUNNING.value)).all()
+            count = 0
+            for run in stale:
+                if run.runner_host == host and run.runner_pid and not _pid_alive(run.runner_pid):
+                    run.status = RunStatus.INTERRUPTED.value
+                    run.failure = "interrupted"
+                    run.reason = run.reason or "the harness process running it stopped before it finished"
+                    run.ended_at = utcnow()
+                    count += 1
+            return count
+
+    def get_run(self, run_id: int) -> Run | None:
+        with self.session() as session:
+            run = session.get(Run, run_id)
+            if run is not None:
+                run.curve  # load the curve while the session is open
+            return run
+
+    def runs(self) -> list[Run]:
+        with self.session() as session:
+            return list(session.scalars(select(Run).order_by(Run.id)).all())
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.close()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

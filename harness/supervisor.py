@@ -1,0 +1,421 @@
+"""The parent side of a run: spawn the child, watch its clock and memory, kill it, record it.
+
+Each run is a fresh Python process (`python -m harness.worker`, spawned, never forked) in its
+own session, so the supervisor can kill it and everything it started. The child receives only the
+train and valid splits; the test ids are written for it once it reports that training is over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import harness
+from harness.budget import RunLimits, format_bytes, kill_tree, tree_rss
+from harness.channel import Channel, ChannelClosed, ProtocolError
+from harness.data import Corpus
+from harness.entries import EntrySource
+from harness.errors import FailureKind, RunStatus
+from harness.scoring import EvalProtocol
+from harness.store import Store
+
+POLL_SECONDS = 0.1
+STARTUP_CAP_SECONDS = 120.0
+LOG_TAIL_BYTES = 8192
+CHECK_TIMEOUT_SECONDS = 120.0
+
+EventSink = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    entry: EntrySource
+    hparams: dict[str, Any]
+    """Typed overrides of the entry's defaults."""
+    seed: int
+    device: str
+    threads: int
+    limits: RunLimits
+    protocol: EvalProtocol = field(default_factory=EvalProtocol)
+
+
+@dataclass
+class RunOutcome:
+    run_id: int
+    entry: str
+    status: RunStatus
+    failure: str | None = None
+    reason: str | None = None
+    valid_ppl: float | None = None
+    valid_tokens: int | None = None
+    test_ppl: float | None = None
+    test_tokens: int | None = None
+    train_seconds: float | None = None
+    steps: int | None = None
+    peak_memory_bytes: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "status": self.status.value}
+
+
+def child_environment(threads: int, seed: int) -> dict[str, str]:
+    env = dict(os.environ)
+    package_root = str(Path(harness.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    env.update({
+        "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONHASHSEED": str(seed),
+        "PYTHONUNBUFFERED": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    })
+    return env
+
+
+class ChildProcess:
+    """A `harness.worker` child with its channel, log file and resource watch."""
+
+    def __init__(self, mode: str, spec: dict[str, Any], run_dir: Path, threads: int, seed: int) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        spec_path = run_dir / f"{mode}-spec.json"
+        spec_path.write_text(json.dumps(spec, indent=1))
+        self.log_path = run_dir / "output.log"
+        parent_sock, child_sock = socket.socketpair()
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "harness.worker", mode, str(spec_path), str(child_sock.fileno())],
+                pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True, cwd=run_dir,
+                env=child_environment(threads, seed),
+            )
+        child_sock.close()
+        self.channel = Channel(parent_sock)
+        self.exit_code: int | None = None
+        self.kernel_peak_rss = 0
+        self.sampled_peak_rss = 0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def sample_memory(self) -> int:
+        rss = tree_rss(self.pid)
+        self.sampled_peak_rss = max(self.sampled_peak_rss, rss)
+        return rss
+
+    def reap(self, block: bool) -> bool:
+        """True once the child has exited; records its exit code and the kernel's peak RSS."""
+        if self.exit_code is not None:
+            return True
+        pid, status, usage = os.wait4(self.pid, 0 if block else os.WNOHANG)
+        if pid == 0:
+            return False
+        self.exit_code = os.waitstatus_to_exitcode(status)
+        self.process.returncode = self.exit_code  # we reaped it; keep Popen consistent
+        self.kernel_peak_rss = usage.ru_maxrss * 1024  # Linux reports KiB
+        return True
+
+    def kill(self) -> None:
+        """Kill the child's whole tree (idempotent) and reap it."""
+        kill_tree(self.pid, include_root=self.exit_code is None)
+        self.reap(block=True)
+
+    def receive(self, timeout: float) -> list[dict[str, Any]]:
+        try:
+            return self.channel.receive(timeout)
+        except ChannelClosed:
+            return [{"type": "closed"}]
+
+    def log_tail(self) -> str:
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(0, os.SEEK_END)
+                size = log.tell()
+                log.seek(max(0, size - LOG_TAIL_BYTES))
+                return log.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def peak_rss(self) -> int:
+        return max(self.kernel_peak_rss, self.sampled_peak_rss)
+
+
+@dataclass
+class Watch:
+    """The supervisor's own clock of the child's phases, independent of what the child reports."""
+
+    limits: RunLimits
+    phase: str = "starting"
+    phase_started: float = field(default_factory=time.monotonic)
+    training_started: float | None = None
+    paused_seconds: float = 0.0
+    eval_passes: int = 0
+
+    def enter(self, phase: str) -> None:
+        now = time.monotonic()
+        if self.phase == "eval":
+            # A pass counts as paused only up to its cap, and only for the passes the cadence allows.
+            if self.eval_passes <= self.limits.evals + 1:
+                self.paused_seconds += min(now - self.phase_started, self.limits.eval_cap_seconds)
+        if phase == "training" and self.training_started is None:
+            self.training_started = now
+        if phase == "eval":
+            self.eval_passes += 1
+        self.phase, self.phase_started = phase, now
+
+    def overrun(self) -> str | None:
+        """Why the child must be killed now for time, or None."""
+        now = time.monotonic()
+        in_phase = now - self.phase_started
+        limits = self.limits
+        if self.phase == "starting" and in_phase > STARTUP_CAP_SECONDS:
+            return f"the run did not start within {STARTUP_CAP_SECONDS:.0f} s"
+        if self.phase == "training" and self.training_started is not None:
+            used = now - self.training_started - self.paused_seconds
+            if used > limits.kill_after_seconds:
+                return (f"training ran {used:.1f} s, past the {limits.seconds:.0f} s budget plus "
+                        f"{limits.grace_seconds:.0f} s grace (a train_step that does not return?)")
+        if self.phase == "eval" and in_phase > limits.eval_cap_seconds + limits.grace_seconds:
+            return f"a validation pass took over {limits.eval_cap_seconds:.0f} s"
+        if self.phase == "scoring" and in_phase > limits.scoring_cap_seconds + limits.grace_seconds:
+            return f"final scoring took over {limits.scoring_cap_seconds:.0f} s"
+        return None
+
+
+class Supervisor:
+    """Runs requests one after another, each in its own child, recording each in the store."""
+
+    def __init__(self, store: Store, corpus: Corpus, runs_dir: Path, on_event: EventSink | None = None) -> None:
+        self.store = store
+        self.corpus = corpus
+        self.runs_dir = runs_dir
+        self.on_event = on_event or (lambda event: None)
+        self._scratch = tempfile.TemporaryDirectory(prefix="ptb-harness-")
+        # Only train and valid go to the child at start; test is written per run after training.
+        self.data_path = Path(self._scratch.name) / "train_valid.npz"
+        np.savez(self.data_path, vocab=np.array(corpus.vocab),
+                 train=corpus.split("train").numpy().astype(np.int32),
+                 valid=corpus.split("valid").numpy().astype(np.int32))
+
+    def close(self) -> None:
+        self._scratch.cleanup()
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, request: RunRequest) -> RunOutcome:
+        run_id = self.store.start_run(
+            entry=request.entry.name, entry_kind=request.entry.kind, entry_path=str(request.entry.path),
+            source_hash=request.entry.source_hash, source=request.entry.source,
+            hparams=request.hparams, hparam_overrides=request.hparams, seed=request.seed,
+            device=request.device, threads=request.threads, budget_seconds=request.limits.seconds,
+            memory_limit_bytes=request.limits.memory_bytes, eval_protocol=asdict(request.protocol),
+            data_checksums=dict(self.corpus.checksums), harness_version=harness.__version__,
+        )
+        run_dir = self.runs_dir / str(run_id)
+        spec = {
+            "entry_path": str(request.entry.path), "hparams": request.hparams, "seed": request.seed,
+            "device": request.device, "threads": request.threads, "limits": asdict(request.limits),
+            "protocol": asdict(request.protocol), "data_path": str(self.data_path), "run_dir": str(run_dir),
+        }
+        self.on_event({"type": "run_started", "run_id": run_id, "entry": request.entry.name,
+                       "budget": request.limits.seconds})
+        tracker = _RunTracker(self, run_id, request, run_dir)
+        try:
+            child = ChildProcess("run", spec, run_dir, request.threads, request.seed)
+        except OSError as exc:
+            return tracker.finish_without_child(f"could not start the run's process: {exc}")
+        try:
+            return tracker.follow(child)
+        except BaseException:  # Ctrl-C or the supervisor failing: never leave the run `running`
+            child.kill()
+            tracker.record(child, RunStatus.INTERRUPTED, FailureKind.INTERRUPTED,
+                           "the harness was interrupted while this run was in progress")
+            raise
+        finally:
+            (run_dir / "test_ids.npy").unlink(missing_ok=True)
+
+
+class _RunTracker:
+    """Follows one child's messages to the end of the run and records the outcome."""
+
+    def __init__(self, supervisor: Supervisor, run_id: int, request: RunRequest, run_dir: Path) -> None:
+        self.supervisor = supervisor
+        self.store = supervisor.store
+        self.run_id = run_id
+        self.request = request
+        self.run_dir = run_dir
+        self.watch = Watch(request.limits)
+        self.result: dict[str, Any] | None = None
+        self.failure: dict[str, Any] | None = None
+        self.killed: tuple[RunStatus, FailureKind, str] | None = None
+
+    def follow(self, child: ChildProcess) -> RunOutcome:
+        limits = self.request.limits
+        while True:
+            try:
+                messages = child.receive(POLL_SECONDS)
+            except ProtocolError as exc:
+                self._kill(child, RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
+                           f"the run's process broke the harness protocol: {exc}")
+                break
+            if any(self._handle(child, message) for message in messages):
+                break
+            if child.reap(block=False):
+                # Exited, but something it started may still hold the channel open: drain and stop.
+                for message in child.receive(0.2):
+                    self._handle(child, message)
+                break
+            rss = child.sample_memory()
+            if rss > limits.memory_bytes:
+                self._kill(child, RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY,
+                           f"memory reached {format_bytes(rss)}, over the {format_bytes(limits.memory_bytes)} budget")
+                break
+            reason = self.watch.overrun()
+            if reason:
+                self._kill(child, RunStatus.TIMEOUT, FailureKind.TIMEOUT, reason)
+                break
+        child.kill()  # reaps it, and ends anything it left behind
+        return self._conclude(child)
+
+    def _handle(self, child: ChildProcess, message: dict[str, Any]) -> bool:
+        """Act on one message; True when the run is over (the channel closed)."""
+        kind = message.get("type")
+        if kind == "closed":
+            return True
+        if kind == "phase":
+            self.watch.enter(str(message.get("phase")))
+        elif kind == "environment":
+            fields = {k: message.get(k) for k in
+                      ("device_name", "torch_version", "python_version", "platform", "threads", "environment")}
+            self.store.update_run(self.run_id, **fields)
+        elif kind == "described":
+            self.store.update_run(self.run_id, display_name=_text(message.get("name")),
+                                  authors=_text(message.get("authors")), description=_text(message.get("description")),
+                                  track=_text(message.get("track")) or "causal", hparams=message.get("hparams") or {})
+        elif kind == "progress":
+            self.supervisor.on_event({**message, "run_id": self.run_id, "entry": self.request.entry.name})
+        elif kind == "curve":
+            point = {k: message.get(k) for k in ("train_seconds", "steps", "tokens", "valid_ppl")}
+            self.store.add_curve_point(self.run_id, **point)
+            self.supervisor.on_event({**message, "run_id": self.run_id, "entry": self.request.entry.name})
+        elif kind == "training_done":
+            self.watch.enter("scoring")
+            self.store.update_run(self.run_id, steps=message.get("steps"), epochs=message.get("epochs"),
+                                  tokens_trained=message.get("tokens"), train_seconds=message.get("train_seconds"),
+                                  stop_reason=_text(message.get("stop_reason")), param_count=message.get("param_count"))
+            self.supervisor.on_event({**message, "run_id": self.run_id, "entry": self.request.entry.name})
+        elif kind == "need_test":
+            self._send_test_split(child)
+        elif kind == "result":
+            self.result = message
+        elif kind == "failure":
+            self.failure = message
+        return False
+
+    def _send_test_split(self, child: ChildProcess) -> None:
+        path = self.run_dir / "test_ids.npy"
+        np.save(path, self.supervisor.corpus.split("test").numpy().astype(np.int32))
+        child.channel.send({"type": "test", "path": str(path)})
+
+    def _kill(self, child: ChildProcess, status: RunStatus, failure: FailureKind, reason: str) -> None:
+        child.kill()
+        self.killed = (status, failure, reason)
+
+    def _conclude(self, child: ChildProcess) -> RunOutcome:
+        limits = self.request.limits
+        if self.killed:
+            return self.record(child, *self.killed)
+        if child.peak_rss > limits.memory_bytes:
+            return self.record(child, RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY,
+                               f"peak memory {format_bytes(child.peak_rss)} exceeded the "
+                               f"{format_bytes(limits.memory_bytes)} budget")
+        if self.failure:
+            failure = FailureKind(self.failure.get("kind", FailureKind.RUNTIME_ERROR.value))
+            return self.record(child, failure.status, failure, _text(self.failure.get("reason")),
+                               traceback=_text(self.failure.get("traceback")))
+        if self.result:
+            return self.record(child, RunStatus.OK, None, None)
+        return self.record(child, RunStatus.FAILED, FailureKind.RUNTIME_ERROR, _exit_reason(child.exit_code))
+
+    def record(self, child: ChildProcess, status: RunStatus, failure: FailureKind | None, reason: str | None,
+               traceback: str | None = None) -> RunOutcome:
+        fields: dict[str, Any] = {
+            "failure": failure.value if failure else None, "reason": reason, "traceback": traceback,
+            "log_tail": child.log_tail(), "peak_memory_bytes": child.peak_rss or None,
+        }
+        if status is RunStatus.OK and self.result:
+            fields.update(_result_fields(self.result))
+        self.store.finish_run(self.run_id, status, **fields)
+        outcome = RunOutcome(
+            run_id=self.run_id, entry=self.request.entry.name, status=status, failure=fields["failure"],
+            reason=reason, valid_ppl=fields.get("valid_ppl"), valid_tokens=fields.get("valid_tokens"),
+            test_ppl=fields.get("test_ppl"), test_tokens=fields.get("test_tokens"),
+            peak_memory_bytes=fields["peak_memory_bytes"],
+        )
+        run = self.store.get_run(self.run_id)
+        if run is not None:
+            outcome.train_seconds, outcome.steps = run.train_seconds, run.steps
+        self.supervisor.on_event({"type": "run_finished", **outcome.as_dict()})
+        return outcome
+
+    def finish_without_child(self, reason: str) -> RunOutcome:
+        self.store.finish_run(self.run_id, RunStatus.FAILED, failure=FailureKind.HARNESS_ERROR.value, reason=reason)
+        return RunOutcome(self.run_id, self.request.entry.name, RunStatus.FAILED,
+                          FailureKind.HARNESS_ERROR.value, reason)
+
+
+def _result_fields(result: dict[str, Any]) -> dict[str, Any]:
+    valid, test = result.get("valid") or {}, result.get("test") or {}
+    return {
+        "valid_ppl": valid.get("ppl"), "valid_tokens": valid.get("tokens"), "valid_nll_sum": valid.get("nll_sum"),
+        "test_ppl": test.get("ppl"), "test_tokens": test.get("tokens"), "test_nll_sum": test.get("nll_sum"),
+        "param_count": result.get("param_count"), "peak_gpu_memory_bytes": result.get("peak_gpu_memory_bytes"),
+        "checks": result.get("checks") or {},
+    }
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is not None and code < 0:
+        signal_number = -code
+        hint = " (SIGKILL: possibly the kernel's out-of-memory killer)" if signal_number == 9 else ""
+        return f"the run's process was killed by signal {signal_number}{hint} before it reported a result"
+    return f"the run's process exited with code {code} before it reported a result"
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def run_child_once(mode: str, spec: dict[str, Any], work_dir: Path, timeout: float = CHECK_TIMEOUT_SECONDS,
+                   threads: int = 1) -> tuple[dict[str, Any] | None, str]:
+    """Run a short `check` or `describe` child; return its last message and its log tail."""
+    child = ChildProcess(mode, spec, work_dir, threads=threads, seed=0)
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] | None = None
+    try:
+        while time.monotonic() < deadline:
+            messages = child.receive(POLL_SECONDS)
+            if any(m["type"] == "closed" for m in messages):
+                break
+            last = messages[-1] if messages else last
+        else:
+            last = {"type": "failure", "kind": FailureKind.TIMEOUT.value,
+                    "reason": f"did not finish within {timeout:.0f} s"}
+    except ProtocolError as exc:
+        last = {"type": "failure", "kind": FailureKind.SANDBOX_VIOLATION.value, "reason": str(exc)}
+    finally:
+        child.kill()
+    return last, child.log_tail()
