@@ -56,8 +56,9 @@ class RunLimits:
     seconds: float
     """Training budget (the clock described in harness.contract)."""
     memory_bytes: int
-    grace_seconds: float = 10.0
-    """How far past the budget a step may run before the child is killed."""
+    grace_seconds: float | None = None
+    """How far past the budget a step may run before the child is killed [default: 10% of the
+    budget, between 2 and 10 seconds]."""
     eval_cap_seconds: float = 300.0
     """Longest one validation pass during training may take."""
     scoring_cap_seconds: float = 900.0
@@ -72,8 +73,14 @@ class RunLimits:
             raise ConfigError(f"the number of validation passes must be >= 0, got {self.evals}")
 
     @property
+    def grace(self) -> float:
+        if self.grace_seconds is not None:
+            return self.grace_seconds
+        return max(2.0, min(10.0, 0.1 * self.seconds))
+
+    @property
     def kill_after_seconds(self) -> float:
-        return self.seconds + self.grace_seconds
+        return self.seconds + self.grace
 
 
 class TrainClock:

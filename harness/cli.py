@@ -166,7 +166,7 @@ class ProgressView:
         filled = min(width, int(width * elapsed / self.budget)) if self.budget else 0
         bar = "#" * filled + "-" * (width - filled)
         loss = event.get("loss")
-        parts = [f"  [{bar}] {elapsed:6.1f}/{self.budget:.0f} s", f"step {event.get('step', '-')}"]
+        parts = [f"  [{bar}] {elapsed:6.1f}/{self.budget:.0f} s", f"step {event.get('step', event.get('steps', '-'))}"]
         if loss is not None:
             parts.append(f"loss {loss:.3f}")
         if self.valid_ppl is not None:

@@ -52,7 +52,10 @@ class SplitScore:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.mean_nll)
+        try:
+            return math.exp(self.mean_nll)
+        except OverflowError:  # mean NLL above ~709 nats: a valid, if hopeless, model
+            return math.inf
 
 
 def segment_bounds(targets: torch.Tensor, eos_id: int, segment_tokens: int) -> list[tuple[int, int]]:
@@ -106,12 +109,13 @@ def _score_group(
         x[row, context:context + end - start] = inputs[start:end]
         y[row, :end - start] = targets[start:end]
     x = x.to(device)
+    check = OutputChecker(vocab_size, device, protocol.normalisation_tol)
     state = entry.initial_state(rows)
     for offset in range(0, longest, protocol.window):
         width = min(protocol.window, longest - offset)
         out = entry.log_probs(x[:, offset:offset + context + width], state)
         log_probs, state = unpack_output(out)
-        check_log_probs(log_probs, (rows, context + width, vocab_size), device, protocol.normalisation_tol)
+        check(log_probs, rows, context + width)
         window_targets = y[:, offset:offset + width]  # (rows, width)
         picked = log_probs[:, context:, :].gather(
             -1, window_targets.clamp(min=0).unsqueeze(-1).to(log_probs.device)
@@ -132,37 +136,68 @@ def unpack_output(out: Any) -> tuple[torch.Tensor, Any]:
     return out[0], out[1]
 
 
-def check_log_probs(
-    log_probs: torch.Tensor, shape: tuple[int, int, int], device: torch.device, tol: float,
-) -> None:
-    """Shape (B, C + W, V), floating dtype, on the run's device, finite and normalised."""
-    if tuple(log_probs.shape) != shape:
-        raise EntryFailure(
-            FailureKind.INVALID_OUTPUT,
-            f"log_probs returned shape {tuple(log_probs.shape)}, expected {shape} (batch, positions, vocabulary)",
-        )
-    if not log_probs.is_floating_point():
-        raise EntryFailure(FailureKind.INVALID_OUTPUT, f"log_probs returned dtype {log_probs.dtype}, expected a float dtype")
-    if log_probs.device.type != device.type:
-        raise EntryFailure(
-            FailureKind.INVALID_OUTPUT, f"log_probs returned a tensor on {log_probs.device}, expected {device}"
-        )
-    as_float = log_probs.float()
-    finite = torch.isfinite(as_float)
-    if not bool(finite.all()):
-        bad = (~finite).nonzero()[0].tolist()
-        value = as_float[tuple(bad)].item()
-        raise EntryFailure(
-            FailureKind.INVALID_OUTPUT,
-            f"log_probs holds a non-finite value ({value}) at [batch, position, word] = {bad}",
-        )
-    worst = torch.logsumexp(as_float, dim=-1).abs().max().item()
-    if worst > tol:
-        raise EntryFailure(
-            FailureKind.INVALID_OUTPUT,
-            f"log_probs are not normalised: logsumexp over the vocabulary is off 0 by up to {worst:.4g} "
-            f"(tolerance {tol}); return log_softmax of your logits",
-        )
+class OutputChecker:
+    """Checks each `log_probs` output: shape (B, C + W, V), float dtype, device, finite, normalised.
+
+    Holds a scratch buffer: exp() into fresh 40 MB tensors costs more in page faults than in
+    arithmetic, so the normalisation sums run in reused chunks.
+    """
+
+    CHUNK_ROWS = 128
+
+    def __init__(self, vocab_size: int, device: torch.device, tol: float) -> None:
+        self.vocab_size = vocab_size
+        self.device = device
+        self.tol = tol
+        self._scratch = torch.empty(self.CHUNK_ROWS, vocab_size, device=device)
+
+    def __call__(self, log_probs: torch.Tensor, rows: int, positions: int) -> None:
+        expected = (rows, positions, self.vocab_size)
+        if tuple(log_probs.shape) != expected:
+            raise EntryFailure(
+                FailureKind.INVALID_OUTPUT,
+                f"log_probs returned shape {tuple(log_probs.shape)}, expected {expected} "
+                "(batch, positions, vocabulary)",
+            )
+        if not log_probs.is_floating_point():
+            raise EntryFailure(FailureKind.INVALID_OUTPUT,
+                               f"log_probs returned dtype {log_probs.dtype}, expected a float dtype")
+        if log_probs.device.type != self.device.type:
+            raise EntryFailure(FailureKind.INVALID_OUTPUT,
+                               f"log_probs returned a tensor on {log_probs.device}, expected {self.device}")
+        self._check_finite(log_probs)
+        worst = self._normalisation_error(log_probs)
+        if not worst <= self.tol:
+            raise EntryFailure(
+                FailureKind.INVALID_OUTPUT,
+                f"log_probs are not normalised: logsumexp over the vocabulary is off 0 by up to {worst:.4g} "
+                f"(tolerance {self.tol}); return log_softmax of your logits",
+            )
+
+    def _check_finite(self, log_probs: torch.Tensor) -> None:
+        # aminmax is one cheap pass; isfinite() would allocate a (B, T, V) bool tensor.
+        low, high = (value.item() for value in torch.aminmax(log_probs))
+        if not (math.isfinite(low) and math.isfinite(high)):
+            bad = (~torch.isfinite(log_probs)).nonzero()[0].tolist()  # slow path, only to say where
+            raise EntryFailure(
+                FailureKind.INVALID_OUTPUT,
+                f"log_probs holds a non-finite value ({log_probs[tuple(bad)].item()}) at "
+                f"[batch, position, word] = {bad}",
+            )
+        if high > self.tol:
+            raise EntryFailure(FailureKind.INVALID_OUTPUT,
+                               f"log_probs holds a positive value ({high:.4g}): these are not log-probabilities")
+
+    def _normalisation_error(self, log_probs: torch.Tensor) -> float:
+        """max over positions of |log sum_v exp(log_probs[..., v])|; values are <= tol, so exp is safe."""
+        flat = log_probs.reshape(-1, self.vocab_size)  # (B * (C + W), V)
+        worst = 0.0
+        for start in range(0, flat.shape[0], self.CHUNK_ROWS):
+            part = flat[start:start + self.CHUNK_ROWS]
+            scratch = self._scratch[:part.shape[0]]
+            torch.exp(part, out=scratch)
+            worst = max(worst, scratch.sum(dim=-1).log().abs().max().item())
+        return worst
 
 
 def audit_causality(
@@ -174,6 +209,7 @@ def audit_causality(
     Call inside `scoring_mode(entry)`. Two rows per window, so mixing across rows is caught too.
     """
     generator = torch.Generator().manual_seed(seed)
+    check = OutputChecker(vocab_size, device, protocol.normalisation_tol)
     length = entry.eval_context + protocol.window
     inputs = torch.cat([torch.tensor([eos_id]), targets[:-1]])
     limit = max(1, inputs.numel() - length)
@@ -184,11 +220,10 @@ def audit_causality(
         shift = torch.randint(1, vocab_size, x[:, cut + 1:].shape, generator=generator)
         changed = x.clone()
         changed[:, cut + 1:] = (x[:, cut + 1:] + shift) % vocab_size  # every later token differs
-        shape = (2, x.shape[1], vocab_size)
         first, _ = unpack_output(entry.log_probs(x.to(device), entry.initial_state(2)))
-        check_log_probs(first, shape, device, protocol.normalisation_tol)
+        check(first, 2, length)
         second, _ = unpack_output(entry.log_probs(changed.to(device), entry.initial_state(2)))
-        check_log_probs(second, shape, device, protocol.normalisation_tol)
+        check(second, 2, length)
         drift = (first[:, :cut + 1].float() - second[:, :cut + 1].float()).abs().max().item()
         if drift > protocol.causality_tol:
             raise EntryFailure(

@@ -84,6 +84,7 @@ class ChildProcess:
     """A `harness.worker` child with its channel, log file and resource watch."""
 
     def __init__(self, mode: str, spec: dict[str, Any], run_dir: Path, threads: int, seed: int) -> None:
+        run_dir = run_dir.resolve()  # the child runs inside it: every path it gets is absolute
         run_dir.mkdir(parents=True, exist_ok=True)
         spec_path = run_dir / f"{mode}-spec.json"
         spec_path.write_text(json.dumps(spec, indent=1))
@@ -183,10 +184,10 @@ class Watch:
             used = now - self.training_started - self.paused_seconds
             if used > limits.kill_after_seconds:
                 return (f"training ran {used:.1f} s, past the {limits.seconds:.0f} s budget plus "
-                        f"{limits.grace_seconds:.0f} s grace (a train_step that does not return?)")
-        if self.phase == "eval" and in_phase > limits.eval_cap_seconds + limits.grace_seconds:
+                        f"{limits.grace:.0f} s grace (a train_step that does not return?)")
+        if self.phase == "eval" and in_phase > limits.eval_cap_seconds + limits.grace:
             return f"a validation pass took over {limits.eval_cap_seconds:.0f} s"
-        if self.phase == "scoring" and in_phase > limits.scoring_cap_seconds + limits.grace_seconds:
+        if self.phase == "scoring" and in_phase > limits.scoring_cap_seconds + limits.grace:
             return f"final scoring took over {limits.scoring_cap_seconds:.0f} s"
         return None
 
@@ -197,7 +198,7 @@ class Supervisor:
     def __init__(self, store: Store, corpus: Corpus, runs_dir: Path, on_event: EventSink | None = None) -> None:
         self.store = store
         self.corpus = corpus
-        self.runs_dir = runs_dir
+        self.runs_dir = runs_dir.resolve()
         self.on_event = on_event or (lambda event: None)
         self._scratch = tempfile.TemporaryDirectory(prefix="ptb-harness-")
         # Only train and valid go to the child at start; test is written per run after training.

@@ -1,0 +1,88 @@
+"""Shared fixtures: the real PTB folder, tiny corpora made on the spot, and a CLI runner that
+starts `harness` as a real subprocess."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness.data import FileSpec
+
+REPO = Path(__file__).resolve().parent.parent
+ENTRIES = Path(__file__).resolve().parent / "entries"
+
+
+def ptb_dir() -> Path:
+    """HARNESS_DATA_DIR, else ../shared/data/ptb beside the checkout (where CI puts it)."""
+    return Path(os.environ.get("HARNESS_DATA_DIR") or REPO.parent / "shared" / "data" / "ptb")
+
+
+@pytest.fixture(scope="session")
+def ptb() -> Path:
+    folder = ptb_dir()
+    if not (folder / "ptb.train.txt").is_file():
+        pytest.fail(f"PTB data not found at {folder}: set HARNESS_DATA_DIR to the folder with ptb.*.txt")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty user cache unless it asks for the shared one."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("HARNESS_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the slow end-to-end tests, so the PTB tokens are cached once."""
+    return tmp_path_factory.mktemp("shared-cache")
+
+
+@dataclass
+class TinyCorpus:
+    folder: Path
+    files: dict[str, FileSpec]
+    lines: dict[str, list[str]]
+
+
+def write_corpus(folder: Path, lines: dict[str, list[str]]) -> TinyCorpus:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split, text_lines in lines.items():
+        name = f"tiny.{split}.txt"
+        data = "".join(f" {line} \n" for line in text_lines).encode()
+        (folder / name).write_bytes(data)
+        files[split] = FileSpec(name, hashlib.sha256(data).hexdigest())
+    return TinyCorpus(folder, files, lines)
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path: Path) -> TinyCorpus:
+    return write_corpus(tmp_path / "tiny", {
+        "train": ["the cat sat", "the dog sat on the mat", "a cat ran", "the mat"],
+        "valid": ["the cat ran", "a dog sat"],
+        "test": ["the dog ran on a mat", "a cat"],
+    })
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> CliResult:
+    """`python -m harness.cli ARGS` in a real process, as a user would run `harness ARGS`."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join([str(REPO), full_env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    return CliResult(done.returncode, done.stdout, done.stderr)

@@ -1,0 +1,116 @@
+"""Entry discovery, the contract checks that need no run, and hyper-parameter parsing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness.contract import Entry, Hparams
+from harness.entries import (
+    EntrySource, build_hparams, check_entry_class, discover, hparam_schema, import_entry_class,
+    parse_overrides, select, static_metadata,
+)
+from harness.errors import EntryError, HparamError
+from tests.conftest import REPO
+
+
+@dataclass
+class MyHparams(Hparams):
+    lr: float = 0.1
+    layers: int = 2
+    tied: bool = False
+    cell: str = "lstm"
+    warmup: int | None = None
+
+
+SCHEMA = hparam_schema(MyHparams)
+
+
+def test_schema_lists_base_and_entry_fields_with_types() -> None:
+    assert SCHEMA["batch_size"] == {"type": "int", "optional": False, "default": 20}
+    assert SCHEMA["max_epochs"]["optional"] is True
+    assert SCHEMA["lr"]["type"] == "float" and SCHEMA["tied"]["type"] == "bool"
+    assert SCHEMA["warmup"] == {"type": "int", "optional": True, "default": None}
+
+
+def test_overrides_are_typed() -> None:
+    values = parse_overrides(["lr=0.002", "layers=3", "tied=yes", "cell=gru", "warmup=none", "max_steps=10"],
+                             SCHEMA, "e")
+    assert values == {"lr": 0.002, "layers": 3, "tied": True, "cell": "gru", "warmup": None, "max_steps": 10}
+    hp = build_hparams(MyHparams, values)
+    assert hp.lr == 0.002 and hp.batch_size == 20
+
+
+@pytest.mark.parametrize("pair,message", [
+    ("learning_rate=0.1", "has no hyper-parameter 'learning_rate'; it has: batch_size, cell"),
+    ("lr=fast", "'lr' of entry 'e' must be float, got 'fast'"),
+    ("layers=2.5", "must be int"),
+    ("tied=maybe", "must be bool"),
+    ("layers=none", "must be int, got 'none'"),
+    ("lr", "not of the form key=value"),
+])
+def test_bad_overrides_are_rejected_with_a_clear_message(pair: str, message: str) -> None:
+    with pytest.raises(HparamError, match=message):
+        parse_overrides([pair], SCHEMA, "e")
+
+
+def test_build_hparams_rejects_wrong_types_and_nonpositive_batch() -> None:
+    with pytest.raises(HparamError, match="'lr' must be float"):
+        build_hparams(MyHparams, {"lr": "x"})
+    with pytest.raises(HparamError, match="batch_size must be a positive int"):
+        build_hparams(MyHparams, {"batch_size": 0})
+
+
+def test_discover_skips_private_files_and_finds_both_folders(tmp_path: Path) -> None:
+    (tmp_path / "subs").mkdir()
+    (tmp_path / "subs" / "mine.py").write_text("x = 1\n")
+    (tmp_path / "subs" / "_template.py").write_text("x = 1\n")
+    found = discover({"submission": tmp_path / "subs", "baseline": REPO / "baselines"})
+    assert "mine" in found and "_template" not in found and "unigram" in found
+    assert found["unigram"].kind == "baseline"
+    with pytest.raises(EntryError, match="no entry named 'nope'.*known: .*mine"):
+        select(["nope"], found)
+
+
+def test_two_entries_with_one_name_are_an_error(tmp_path: Path) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "same.py").write_text("")
+    with pytest.raises(EntryError, match="two entries are named 'same'"):
+        discover({"submission": tmp_path / "a", "baseline": tmp_path / "b"})
+
+
+def test_static_metadata_reads_literals_without_running_code(tmp_path: Path) -> None:
+    path = tmp_path / "meta.py"
+    path.write_text(
+        "raise SystemExit('must not run')\n"
+        "class E(Entry):\n    name = 'shown'\n    authors = 'Ada'\n    description = 'desc'\n"
+    )
+    meta = static_metadata(EntrySource.read(path, "submission"))
+    assert meta == {"name": "shown", "authors": "Ada", "description": "desc", "track": "causal"}
+
+
+def test_import_finds_the_one_entry_class_and_checks_the_contract(tmp_path: Path) -> None:
+    template = import_entry_class(REPO / "submissions" / "_template.py")
+    assert check_entry_class(template, Path("t.py")) == []
+
+    path = tmp_path / "two.py"
+    path.write_text("from harness.contract import Entry\nclass A(Entry): pass\nclass B(Entry): pass\n")
+    with pytest.raises(EntryError, match="exactly one subclass.*found: A, B"):
+        import_entry_class(path)
+
+
+def test_contract_problems_are_all_reported() -> None:
+    class Incomplete(Entry):
+        def setup(self, ctx, extra):  # noqa: ANN001 - deliberately wrong
+            pass
+
+        def log_probs(self, inputs):  # noqa: ANN001
+            pass
+
+    problems = check_entry_class(Incomplete, Path("x.py"))
+    assert any("setup must take 1 argument" in p for p in problems)
+    assert any("train_step is not defined" in p for p in problems)
+    assert any("log_probs must take 2 argument" in p for p in problems)
