@@ -6,6 +6,7 @@ than stopping at the first, except where a later check needs an earlier one to h
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ import torch
 from harness.contract import Budget, Entry, SetupContext
 from harness.entries import build_hparams, check_entry_class, import_entry_class
 from harness.errors import EntryFailure, FailureKind, HarnessError
-from harness.runner import Evaluator, TrainStream, call_entry
+from harness.mlm import MaskedStream
+from harness.runner import Evaluator, TrainStream, call_entry, training_stream
 from harness.scoring import EvalProtocol, parameter_count, scoring_mode
 
 VOCAB_SIZE = 10_000
@@ -64,16 +66,17 @@ def run_checks(path: Path, overrides: dict[str, Any], device: torch.device) -> l
         return findings
     entry.hparams = hparams
     train_ids = synthetic_split(max(2_000, hparams.batch_size * (hparams.seq_len * CHECK_STEPS + 1)), seed=1)
-    stream = TrainStream(train_ids, EOS_ID, hparams.batch_size, hparams.seq_len, device)
+    mask_id = VOCAB_SIZE if cls.track == "mlm" else None
+    stream = training_stream(train_ids, EOS_ID, hparams, device, mask_id, VOCAB_SIZE, seed=0)
     ctx = SetupContext(
         vocab_size=VOCAB_SIZE, vocab=("<eos>",) + tuple(f"w{i}" for i in range(1, VOCAB_SIZE)),
         eos_id=EOS_ID, device=device, seed=0, budget=Budget(seconds=60.0, memory_bytes=8 * 2**30),
-        hparams=hparams, steps_per_epoch=len(stream), train_tokens=int(train_ids.numel()),
+        hparams=hparams, steps_per_epoch=len(stream), train_tokens=int(train_ids.numel()), mask_id=mask_id,
     )
     if record("setup", lambda: call_entry(FailureKind.RUNTIME_ERROR, "setup", entry.setup, ctx)) is None:
         return findings
     record("train_step", lambda: _train_steps(entry, stream))
-    _scoring_checks(entry, device, record)
+    _scoring_checks(Evaluator(entry, EOS_ID, VOCAB_SIZE, device, CHECK_PROTOCOL, 0, cls.track, mask_id), record)
     return findings
 
 
@@ -84,7 +87,7 @@ def _contract(cls: type[Entry], path: Path) -> str:
     return f"{cls.__name__}: setup, train_step and log_probs defined"
 
 
-def _train_steps(entry: Entry, stream: TrainStream) -> str:
+def _train_steps(entry: Entry, stream: TrainStream | MaskedStream) -> str:
     losses = []
     for step, (inputs, targets) in zip(range(CHECK_STEPS), stream):
         loss = call_entry(FailureKind.RUNTIME_ERROR, f"train_step (step {step})", entry.train_step, inputs, targets)
@@ -99,12 +102,12 @@ def _train_steps(entry: Entry, stream: TrainStream) -> str:
     return "losses " + ", ".join(f"{v:.3f}" for v in losses)
 
 
-def _scoring_checks(entry: Entry, device: torch.device, record: Any) -> None:
+def _scoring_checks(evaluator: Evaluator, record: Any) -> None:
+    entry = evaluator.entry
     split = synthetic_split(600, seed=2)
-    evaluator = Evaluator(entry, EOS_ID, VOCAB_SIZE, device, CHECK_PROTOCOL, seed=0)
 
     def score(batch_size: int) -> float:
-        evaluator.protocol = EvalProtocol(**{**CHECK_PROTOCOL.__dict__, "batch_size": batch_size})
+        evaluator.protocol = dataclasses.replace(CHECK_PROTOCOL, batch_size=batch_size)
         with scoring_mode(entry):
             return evaluator.score(split, "check").perplexity
 
@@ -114,8 +117,8 @@ def _scoring_checks(entry: Entry, device: torch.device, record: Any) -> None:
 
     def causality() -> str:
         with scoring_mode(entry):
-            evaluator.audit(split)
-        return f"{CHECK_PROTOCOL.causality_windows} random windows"
+            audited = evaluator.audit(split)
+        return f"{CHECK_PROTOCOL.causality_windows} random windows" if audited else "not applicable (mlm track)"
 
     record("causality", causality)
 

@@ -60,6 +60,19 @@ Every scored run is checked; a failed check makes it `invalid` and keeps it off 
 - causality: changing later inputs never changes earlier log-probs (audited on random windows);
 - your weights (every tensor and module held in the entry's attributes) do not change while
   scoring. The harness scores under `torch.inference_mode()` with your modules in eval mode.
+
+The masked-LM track (`track = "mlm"`)
+-------------------------------------
+A bidirectional model (BERT) competes on its own track. `ctx.mask_id` (= V, outside the words) is
+the `[MASK]` id, so its embedding needs V + 1 rows. Training batches are masked by the harness:
+
+    train_step(inputs (B, T): 15% of positions chosen; 80% -> [MASK], 10% random, 10% kept,
+               targets (B, T): the original word where chosen, -100 elsewhere)
+
+Scoring masks a fixed, seeded 15% of each split's positions with `[MASK]` (the same positions for
+every entry), in windows of 128 tokens; `log_probs(inputs (B, 128), state) -> (B, 128, V)`. The
+score is the masked-token perplexity and top-1 accuracy over those positions. The shape, finite,
+normalised and frozen-weights checks apply; causality does not.
 """
 
 from __future__ import annotations
@@ -118,6 +131,8 @@ class SetupContext:
     """How many `train_step` calls make one pass over the train split."""
     train_tokens: int
     """Tokens in the train split (targets per epoch)."""
+    mask_id: int | None = None
+    """The `[MASK]` id on the mlm track (= vocab_size); None on the causal track."""
 
 
 class Entry:
@@ -132,7 +147,7 @@ class Entry:
     authors: ClassVar[str] = ""
     description: ClassVar[str] = ""
     track: ClassVar[str] = "causal"
-    """The competition track: `causal` (next-word prediction)."""
+    """The competition track: `causal` (next-word prediction) or `mlm` (masked words)."""
     Hparams: ClassVar[type[Hparams]] = Hparams
     """Your hyper-parameter dataclass (a subclass of `harness.contract.Hparams`)."""
     eval_context: ClassVar[int] = 0

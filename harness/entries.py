@@ -23,6 +23,7 @@ from harness.errors import EntryError, HparamError
 
 # Scalar types the command line can parse, by the name the schema uses for them.
 _SCALARS: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
+TRACKS = ("causal", "mlm")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -141,8 +142,8 @@ def check_entry_class(cls: type[Entry], path: Path) -> list[str]:
         problems.append(f"{cls.__name__}.Hparams must be a @dataclass subclass of harness.contract.Hparams")
     if not isinstance(cls.eval_context, int) or cls.eval_context < 0:
         problems.append(f"{cls.__name__}.eval_context must be a non-negative int")
-    if cls.track != "causal":
-        problems.append(f"{cls.__name__}.track is {cls.track!r}; this harness scores the 'causal' track")
+    if cls.track not in TRACKS:
+        problems.append(f"{cls.__name__}.track is {cls.track!r}; it must be one of {', '.join(TRACKS)}")
     return [f"{path}: {p}" for p in problems]
 
 

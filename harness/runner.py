@@ -17,7 +17,8 @@ import torch
 from harness.budget import RunLimits, TrainClock
 from harness.contract import Entry, Hparams
 from harness.errors import EntryFailure, FailureKind
-from harness.scoring import EvalProtocol, SplitScore, audit_causality, score_split, scoring_mode
+from harness.mlm import MaskedScore, MaskedStream, score_masked
+from harness.scoring import EvalProtocol, SplitScore, audit_causality, score_split
 
 
 class Reporter(Protocol):
@@ -70,6 +71,15 @@ class TrainStream:
             yield self.inputs[:, start:end].contiguous(), self.targets[:, start:end].contiguous()
 
 
+def training_stream(train_ids: torch.Tensor, eos_id: int, hparams: Hparams, device: torch.device,
+                    mask_id: int | None, vocab_size: int, seed: int) -> TrainStream | MaskedStream:
+    """The train stream a run of this track sees: plain, or BERT-masked (mask_id given)."""
+    stream = TrainStream(train_ids, eos_id, hparams.batch_size, hparams.seq_len, device)
+    if mask_id is None:
+        return stream
+    return MaskedStream(stream, mask_id, vocab_size, seed)
+
+
 @dataclass
 class TrainSummary:
     steps: int = 0
@@ -90,14 +100,25 @@ class Evaluator:
     device: torch.device
     protocol: EvalProtocol
     seed: int
+    track: str = "causal"
+    mask_id: int | None = None
 
-    def score(self, ids: torch.Tensor, split: str) -> SplitScore:
+    def score(self, ids: torch.Tensor, split: str) -> SplitScore | MaskedScore:
+        if self.track == "mlm":
+            return call_entry(FailureKind.RUNTIME_ERROR, f"log_probs (scoring {split})", score_masked,
+                              self.entry, ids, mask_id=self.mask_id, vocab_size=self.vocab_size,
+                              device=self.device, normalisation_tol=self.protocol.normalisation_tol,
+                              split=split, batch_size=self.protocol.batch_size)
         return call_entry(FailureKind.RUNTIME_ERROR, f"log_probs (scoring {split})", score_split,
                           self.entry, ids, split=split, **self._common())
 
-    def audit(self, ids: torch.Tensor) -> None:
+    def audit(self, ids: torch.Tensor) -> bool:
+        """Run the causality audit; False where it does not apply (the bidirectional mlm track)."""
+        if self.track == "mlm":
+            return False
         call_entry(FailureKind.RUNTIME_ERROR, "log_probs (causality audit)", audit_causality,
                    self.entry, ids, seed=self.seed, **self._common())
+        return True
 
     def _common(self) -> dict[str, Any]:
         return {"eos_id": self.eos_id, "vocab_size": self.vocab_size, "device": self.device,
@@ -105,7 +126,7 @@ class Evaluator:
 
 
 def train(
-    entry: Entry, stream: TrainStream, hparams: Hparams, clock: TrainClock, limits: RunLimits,
+    entry: Entry, stream: TrainStream | MaskedStream, hparams: Hparams, clock: TrainClock, limits: RunLimits,
     reporter: Reporter, validate: Callable[[TrainSummary], float],
 ) -> TrainSummary:
     """Call train_step on the stream until the budget, max_epochs or max_steps; validate on cadence.

@@ -54,7 +54,7 @@ class Run(Base):
     display_name: Mapped[str | None] = mapped_column(String(200))
     authors: Mapped[str | None] = mapped_column(Text)
     description: Mapped[str | None] = mapped_column(Text)
-    track: Mapped[str] = mapped_column(String(40), default="causal")
+    track: Mapped[str] = mapped_column(String(40), default="causal", index=True)
     hparams: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     hparam_overrides: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     seed: Mapped[int] = mapped_column(Integer)
@@ -80,6 +80,9 @@ class Run(Base):
     test_ppl: Mapped[float | None] = mapped_column(Float)
     test_tokens: Mapped[int | None] = mapped_column(Integer)
     test_nll_sum: Mapped[float | None] = mapped_column(Float)
+    # mlm track only: top-1 accuracy on the masked positions.
+    valid_accuracy: Mapped[float | None] = mapped_column(Float)
+    test_accuracy: Mapped[float | None] = mapped_column(Float)
     # What it spent.
     steps: Mapped[int | None] = mapped_column(Integer)
     epochs: Mapped[float | None] = mapped_column(Float)

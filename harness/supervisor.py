@@ -383,6 +383,7 @@ def _result_fields(result: dict[str, Any]) -> dict[str, Any]:
     return {
         "valid_ppl": valid.get("ppl"), "valid_tokens": valid.get("tokens"), "valid_nll_sum": valid.get("nll_sum"),
         "test_ppl": test.get("ppl"), "test_tokens": test.get("tokens"), "test_nll_sum": test.get("nll_sum"),
+        "valid_accuracy": valid.get("accuracy"), "test_accuracy": test.get("accuracy"),
         "param_count": result.get("param_count"), "peak_gpu_memory_bytes": result.get("peak_gpu_memory_bytes"),
         "checks": result.get("checks") or {},
     }

@@ -32,7 +32,8 @@ from harness.entries import (
     build_hparams, check_entry_class, entry_metadata, hparam_schema, import_entry_class,
 )
 from harness.errors import EntryFailure, FailureKind, HarnessError
-from harness.runner import Evaluator, TrainStream, TrainSummary, call_entry, train
+from harness.mlm import MaskedScore
+from harness.runner import Evaluator, TrainSummary, call_entry, train, training_stream
 from harness.scoring import EvalProtocol, SplitScore, parameter_count, scoring_mode
 
 
@@ -124,15 +125,16 @@ def run_mode(spec: dict[str, Any], channel: Channel) -> None:
         entry = call_entry(FailureKind.RUNTIME_ERROR, f"{cls.__name__}()", cls)
         entry.hparams = hparams
     channel.send({"type": "described", **entry_metadata(cls, path), "hparams": dataclasses.asdict(hparams)})
-    stream = TrainStream(train_ids, eos_id, hparams.batch_size, hparams.seq_len, device)
+    mask_id = len(vocab) if cls.track == "mlm" else None
+    stream = training_stream(train_ids, eos_id, hparams, device, mask_id, len(vocab), spec["seed"])
     ctx = SetupContext(
         vocab_size=len(vocab), vocab=vocab, eos_id=eos_id, device=device, seed=spec["seed"],
         budget=Budget(seconds=limits.seconds, memory_bytes=limits.memory_bytes), hparams=hparams,
-        steps_per_epoch=len(stream), train_tokens=int(train_ids.numel()),
+        steps_per_epoch=len(stream), train_tokens=int(train_ids.numel()), mask_id=mask_id,
     )
     with clock.timed():
         call_entry(FailureKind.RUNTIME_ERROR, "setup", entry.setup, ctx)
-    evaluator = Evaluator(entry, eos_id, len(vocab), device, protocol, spec["seed"])
+    evaluator = Evaluator(entry, eos_id, len(vocab), device, protocol, spec["seed"], cls.track, mask_id)
 
     def validate(summary: TrainSummary) -> float:
         channel.send({"type": "phase", "phase": "eval"})
@@ -145,20 +147,20 @@ def run_mode(spec: dict[str, Any], channel: Channel) -> None:
 
     summary = train(entry, stream, hparams, clock, limits, channel, validate)
     channel.send({"type": "training_done", **dataclasses.asdict(summary), "param_count": parameter_count(entry)})
-    run_dir = Path(spec["run_dir"])
     with scoring_mode(entry):
         valid = evaluator.score(valid_ids, "valid")
-        evaluator.audit(valid_ids)
+        audited = evaluator.audit(valid_ids)
         test_ids = _receive_test_split(channel)
         test = evaluator.score(test_ids, "test")
     for score in (valid, test):
-        np.save(run_dir / f"{score.split}_token_nll.npy", score.token_nll.astype(np.float32))
+        if isinstance(score, SplitScore):
+            np.save(Path(spec["run_dir"]) / f"{score.split}_token_nll.npy", score.token_nll.astype(np.float32))
     channel.send({
         "type": "result", "valid": _score_message(valid), "test": _score_message(test),
         "param_count": parameter_count(entry),
         "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-        "checks": {"shape_finite_normalised": "passed", "causality": "passed", "weights_frozen": "passed",
-                   "inference_mode": "enforced", "tokens_scored_once": "passed"},
+        "checks": {"shape_finite_normalised": "passed", "causality": "passed" if audited else "not applicable",
+                   "weights_frozen": "passed", "inference_mode": "enforced", "tokens_scored_once": "passed"},
     })
 
 
@@ -171,8 +173,11 @@ def _receive_test_split(channel: Channel) -> torch.Tensor:
                 return torch.from_numpy(np.load(message["path"], allow_pickle=False).astype(np.int64))
 
 
-def _score_message(score: SplitScore) -> dict[str, Any]:
-    return {"ppl": score.perplexity, "tokens": score.tokens, "nll_sum": score.nll_sum}
+def _score_message(score: SplitScore | MaskedScore) -> dict[str, Any]:
+    message = {"ppl": score.perplexity, "tokens": score.tokens, "nll_sum": score.nll_sum}
+    if isinstance(score, MaskedScore):
+        message["accuracy"] = score.accuracy
+    return message
 
 
 def check_mode(spec: dict[str, Any], channel: Channel) -> None:
