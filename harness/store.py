@@ -16,14 +16,26 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy import (
+    JSON, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, inspect, select, text,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from harness.errors import RunStatus, StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# How to bring a database of version N - 1 up to version N, in order. Each step runs in one
+# transaction with the version bump, so an upgrade is all or nothing.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE runs ADD COLUMN valid_accuracy FLOAT",
+        "ALTER TABLE runs ADD COLUMN test_accuracy FLOAT",
+        "CREATE INDEX IF NOT EXISTS ix_runs_track ON runs (track)",
+    ),
+}
 
 
 def utcnow() -> dt.datetime:
@@ -160,18 +172,38 @@ class Store:
 
     def _create_schema(self, db: object) -> None:
         try:
+            with self.engine.begin() as connection:
+                existing = inspect(connection).has_table(Meta.__tablename__)
+                version = self._stored_version(connection) if existing else None
+            if version is not None and version != SCHEMA_VERSION:
+                self._upgrade(db, version)
             Base.metadata.create_all(self.engine)
             with self.session() as session:
-                found = session.get(Meta, "schema_version")
-                if found is None:
+                if session.get(Meta, "schema_version") is None:
                     session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-                elif int(found.value) != SCHEMA_VERSION:
-                    raise StoreError(
-                        f"the results database {db} has schema version {found.value}, this harness "
-                        f"reads version {SCHEMA_VERSION}; use a matching harness or a new --db"
-                    )
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot create tables in the results database {db}: {exc}") from exc
+
+    @staticmethod
+    def _stored_version(connection: Any) -> int | None:
+        row = connection.execute(
+            text("SELECT value FROM harness_meta WHERE key = 'schema_version'")
+        ).first()
+        return int(row[0]) if row else None
+
+    def _upgrade(self, db: object, version: int) -> None:
+        """Apply the migrations from `version` up, or refuse a database this harness cannot read."""
+        if version > SCHEMA_VERSION or any(v not in MIGRATIONS for v in range(version + 1, SCHEMA_VERSION + 1)):
+            raise StoreError(
+                f"the results database {db} has schema version {version}; this harness reads version "
+                f"{SCHEMA_VERSION} and cannot convert it. Use the harness version that wrote it, or a new --db."
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self.engine.begin() as connection:
+                for statement in MIGRATIONS[target]:
+                    connection.execute(text(statement))
+                connection.execute(text("UPDATE harness_meta SET value = :v WHERE key = 'schema_version'"),
+                                   {"v": str(target)})
 
     @contextmanager
     def session(self) -> Iterator[Session]:
