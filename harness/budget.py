@@ -14,10 +14,6 @@ import psutil
 
 from harness.errors import ConfigError
 
-# Defaults for a plain `harness run` (a competition config may override them).
-DEFAULT_SECONDS = {"cpu": 600.0, "cuda": 300.0}
-DEFAULT_MEMORY = "8GiB"
-
 _UNITS = {
     "": 1, "b": 1,
     "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,

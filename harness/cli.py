@@ -20,12 +20,15 @@ from typing import Any
 import click
 
 import harness
-from harness.budget import DEFAULT_MEMORY, DEFAULT_SECONDS, RunLimits, format_bytes, parse_memory
+from harness.budget import RunLimits, format_bytes, parse_memory
+from harness.config import load_competition
 from harness.data import DataSource, load_corpus
 from harness.entries import EntrySource, discover, parse_overrides, select, static_metadata
-from harness.errors import ConfigError, EntryError, HarnessError, RunStatus
+from harness.errors import ConfigError, EntryError, HarnessError, RunStatus, StoreError
 from harness.store import Store
-from harness.supervisor import RunOutcome, RunRequest, Supervisor, run_child_once
+from harness.supervisor import (
+    REUSE_DEFAULT, REUSE_NOTHING, REUSE_RETRY_FAILED, RunOutcome, RunRequest, Supervisor, run_child_once,
+)
 
 EXIT_RUN_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -67,36 +70,57 @@ def main() -> None:
 @click.argument("names", nargs=-1)
 @click.option("--all", "run_all", is_flag=True, help="Run every entry in submissions/ and baselines/.")
 @click.option("--budget", type=float, metavar="SECONDS",
-              help="Training time budget [default: 600 on cpu, 300 on cuda].")
-@click.option("--memory", default=DEFAULT_MEMORY, show_default=True, help="Peak memory budget, e.g. 8GiB.")
+              help="Training time budget [default: the division's; 600 on cpu, 300 on cuda].")
+@click.option("--memory", help="Peak memory budget, e.g. 8GiB [default: the division's].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random, numpy and torch.")
+@click.option("--division", "division_name", help="Division of the competition config [default: by device].")
+@click.option("--seed", type=int, default=0, show_default=True, help="First seed; --seeds N runs seed .. seed+N-1.")
+@click.option("--seeds", type=click.IntRange(min=1), help="Runs per entry [default: the config's, 1].")
 @hparam_option
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads per run [default: all cores].")
-@click.option("--evals", type=click.IntRange(min=0), default=10, show_default=True,
-              help="Validation passes during training, spread evenly over the budget.")
+@click.option("--evals", type=click.IntRange(min=0), help="Validation passes during training [default: 10].")
+@click.option("--force", is_flag=True, help="Run again even where a finished result of the same key exists.")
+@click.option("--retry-failed", is_flag=True, help="Run again failed, timed-out and out-of-memory results.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Competition config [default: ./competition.toml if present].")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with ptb.*.txt [env: HARNESS_DATA_DIR].")
 @click.option("--db", default="harness.sqlite", show_default=True, envvar="HARNESS_DB",
               help="Results database: a SQLite path or a SQLAlchemy URL [env: HARNESS_DB].")
 @click.option("--runs-dir", default=".harness/runs", show_default=True, type=click.Path(file_okay=False),
               help="Where each run's log and per-token scores are kept.")
 @entry_dir_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per finished run on stdout.")
-def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str, device: str, seed: int,
-        hparams: tuple[str, ...], threads: int | None, evals: int, data_dir: str | None, db: str, runs_dir: str,
-        submissions: str, baselines: str, as_json: bool) -> None:
-    """Train and score entries (NAMES, or paths to .py files), each in its own process."""
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per run on stdout.")
+def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str | None, device: str,
+        division_name: str | None, seed: int, seeds: int | None, hparams: tuple[str, ...], threads: int | None,
+        evals: int | None, force: bool, retry_failed: bool, config_path: str | None, data_dir: str | None,
+        db: str, runs_dir: str, submissions: str, baselines: str, as_json: bool) -> None:
+    """Train and score entries (NAMES, or paths to .py files), each in its own process.
+
+    A result is reused when a finished run has the same key (entry source, hyper-parameters, seed,
+    budget, memory, device and hardware, data, harness version); --force and --retry-failed rerun.
+    """
     with _errors_to_exit():
         if bool(names) == run_all:
             raise click.UsageError("give entry NAMES or --all (not both)")
+        competition = load_competition(config_path)
+        if division_name and device == "auto":
+            device = competition.division_for("", division_name).device
+        chosen_device = resolve_device(device)
+        division = competition.division_for(chosen_device, division_name)
+        if division.device != chosen_device:
+            raise ConfigError(f"division {division.name!r} is for {division.device}, not {chosen_device}")
         available = discover(_entry_dirs(submissions, baselines))
         entries = list(available.values()) if run_all else select(list(names), available)
         if not entries:
             raise EntryError(f"no entries found in {submissions}/ or {baselines}/; create one with `harness new NAME`")
-        chosen_device = resolve_device(device)
-        limits = RunLimits(seconds=budget or DEFAULT_SECONDS[chosen_device], memory_bytes=parse_memory(memory),
-                           evals=evals)
+        limits = RunLimits(seconds=budget or division.budget, memory_bytes=parse_memory(memory or division.memory),
+                           evals=competition.evals if evals is None else evals)
         overrides = _typed_overrides(entries, list(hparams), Path(runs_dir)) if hparams else {}
+        seed_list = [seed + i for i in range(seeds or competition.seeds)]
+        config = {"competition": competition.as_dict(), "division": division.name,
+                  "options": {"budget": limits.seconds, "memory_bytes": limits.memory_bytes, "evals": limits.evals,
+                              "seeds": seed_list, "device": chosen_device, "hparams": list(hparams)}}
+        reuse = REUSE_NOTHING if force else REUSE_RETRY_FAILED if retry_failed else REUSE_DEFAULT
         corpus = load_corpus(DataSource.from_options(data_dir))
         store = Store(db)
         abandoned = store.mark_abandoned()
@@ -106,9 +130,13 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
         outcomes: list[RunOutcome] = []
         with Supervisor(store, corpus, Path(runs_dir), on_event=view.on_event) as supervisor:
             for entry in entries:
-                request = RunRequest(entry=entry, hparams=overrides.get(entry.name, {}), seed=seed,
-                                     device=chosen_device, threads=threads or os.cpu_count() or 1, limits=limits)
-                outcomes.append(supervisor.run(request))
+                for run_seed in seed_list:
+                    request = RunRequest(entry=entry, hparams=overrides.get(entry.name, {}), seed=run_seed,
+                                         device=chosen_device, threads=threads or os.cpu_count() or 1,
+                                         limits=limits, division=division.name, config=config)
+                    outcome = supervisor.run_or_reuse(request, reuse)
+                    if outcome is not None:
+                        outcomes.append(outcome)
         view.summary(outcomes, db)
         if any(outcome.status is not RunStatus.OK for outcome in outcomes):
             sys.exit(EXIT_RUN_FAILED)
@@ -149,12 +177,16 @@ class ProgressView:
             self._draw(event, force=True)
         elif kind == "progress":
             self._draw(event, force=False)
-        elif kind == "run_finished":
-            if self.tty:
+        elif kind in ("run_finished", "run_reused"):
+            if self.tty and kind == "run_finished":
                 click.echo("", err=True)
-            click.echo(_outcome_line(event), err=True)
+            prefix = "reused " if kind == "run_reused" else ""
+            click.echo(prefix + _outcome_line(event), err=True)
             if self.as_json:
                 click.echo(json.dumps(event))
+        elif kind == "run_busy":
+            click.echo(f"{event['entry']} (seed {event['seed']}): run {event['run_id']} is in progress in "
+                       f"another harness process (pid {event['pid']}); left to it", err=True)
 
     def _draw(self, event: dict[str, Any], force: bool) -> None:
         now = time.monotonic()
@@ -258,6 +290,60 @@ def list_entries(submissions: str, baselines: str, as_json: bool) -> None:
                 click.echo(json.dumps({"name": entry.name, "kind": entry.kind, "path": str(entry.path), **meta}))
             else:
                 click.echo(f"{entry.name:<20} {entry.kind:<10} {meta['description'][:70]}")
+
+
+@main.command()
+@click.option("--db", default="harness.sqlite", show_default=True, envvar="HARNESS_DB", help="Results database.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
+              show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to a file (required for parquet).")
+@click.option("--entry", help="Only this entry.")
+@click.option("--status", type=click.Choice([s.value for s in RunStatus]), help="List runs with this status.")
+@click.option("--track", help="Only this track (causal, mlm).")
+@click.option("--division", help="Only this division.")
+@click.option("--runs", "list_runs", is_flag=True, help="List individual runs instead of the ranking.")
+@click.option("--phase", type=click.Choice(["open", "final"]),
+              help="open: rank on validation; final: on test [default: the config's].")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Competition config.")
+def results(db: str, fmt: str, output: str | None, entry: str | None, status: str | None, track: str | None,
+            division: str | None, list_runs: bool, phase: str | None, config_path: str | None) -> None:
+    """The ranking per track and division (mean and 95% interval over seeds, ties marked), or runs."""
+    from harness import report
+    from harness.results import failures, leaderboard, runs_frame
+
+    with _errors_to_exit():
+        store = Store(_existing_db(db))
+        chosen_phase = phase or load_competition(config_path).phase
+        if list_runs or status:
+            frame = runs_frame(store, entry=entry, status=status, track=track, division=division)
+            report.emit_runs(frame, fmt, output)
+            return
+        rankings = leaderboard(store, chosen_phase, track=track, division=division)
+        if entry:
+            for ranking in rankings:
+                ranking.table = ranking.table[ranking.table["entry"] == entry]
+        report.emit_rankings(rankings, failures(store, track), fmt, output, chosen_phase)
+
+
+@main.command()
+@click.argument("run_id", type=int)
+@click.option("--db", default="harness.sqlite", show_default=True, envvar="HARNESS_DB", help="Results database.")
+@click.option("--source", "with_source", is_flag=True, help="Print the entry's source code too.")
+def show(run_id: int, db: str, with_source: bool) -> None:
+    """Everything about one run: config, environment, curve, checks, error and log tail."""
+    from harness import report
+
+    with _errors_to_exit():
+        run = Store(_existing_db(db)).get_run(run_id)
+        if run is None:
+            raise EntryError(f"no run {run_id} in {db}; `harness results --runs` lists them")
+        click.echo(report.describe_run(run, with_source))
+
+
+def _existing_db(db: str) -> str:
+    if "://" not in db and not Path(db).is_file():
+        raise StoreError(f"no results database at {db}; run `harness run` first or pass --db")
+    return db
 
 
 class _errors_to_exit:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    JSON, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, inspect, select, text,
+    JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, create_engine, event, inspect, select, text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -33,7 +33,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (
         "ALTER TABLE runs ADD COLUMN valid_accuracy FLOAT",
         "ALTER TABLE runs ADD COLUMN test_accuracy FLOAT",
+        "ALTER TABLE runs ADD COLUMN run_key VARCHAR(64)",
+        "ALTER TABLE runs ADD COLUMN division VARCHAR(40)",
+        "ALTER TABLE runs ADD COLUMN hardware VARCHAR(300)",
+        "ALTER TABLE runs ADD COLUMN config JSON",
+        "ALTER TABLE runs ADD COLUMN git_commit VARCHAR(40)",
+        "ALTER TABLE runs ADD COLUMN test_sentence_nll BLOB",
+        "ALTER TABLE runs ADD COLUMN valid_sentence_nll BLOB",
         "CREATE INDEX IF NOT EXISTS ix_runs_track ON runs (track)",
+        "CREATE INDEX IF NOT EXISTS ix_runs_run_key ON runs (run_key)",
     ),
 }
 
@@ -70,7 +78,13 @@ class Run(Base):
     hparams: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     hparam_overrides: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     seed: Mapped[int] = mapped_column(Integer)
+    run_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    """Digest of everything that determines the result: equal keys, reusable result."""
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The resolved competition config and options the run was started with."""
     # Where and under which limits.
+    division: Mapped[str | None] = mapped_column(String(40))
+    hardware: Mapped[str | None] = mapped_column(String(300))
     device: Mapped[str] = mapped_column(String(20))
     device_name: Mapped[str | None] = mapped_column(String(200))
     threads: Mapped[int | None] = mapped_column(Integer)
@@ -95,6 +109,9 @@ class Run(Base):
     # mlm track only: top-1 accuracy on the masked positions.
     valid_accuracy: Mapped[float | None] = mapped_column(Float)
     test_accuracy: Mapped[float | None] = mapped_column(Float)
+    valid_sentence_nll: Mapped[bytes | None] = mapped_column(LargeBinary)
+    test_sentence_nll: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """float32 little-endian: the NLL of each sentence of the split, for paired comparisons."""
     # What it spent.
     steps: Mapped[int | None] = mapped_column(Integer)
     epochs: Mapped[float | None] = mapped_column(Float)
@@ -106,6 +123,7 @@ class Run(Base):
     param_count: Mapped[int | None] = mapped_column(Integer)
     # Environment.
     harness_version: Mapped[str] = mapped_column(String(40))
+    git_commit: Mapped[str | None] = mapped_column(String(40))
     torch_version: Mapped[str | None] = mapped_column(String(40))
     python_version: Mapped[str | None] = mapped_column(String(40))
     platform: Mapped[str | None] = mapped_column(Text)
@@ -123,7 +141,7 @@ class Run(Base):
         """Every column, JSON-friendly (datetimes as ISO strings), without the source text."""
         out = {}
         for column in self.__table__.columns:
-            if column.key == "source":
+            if column.key in ("source", "valid_sentence_nll", "test_sentence_nll"):
                 continue
             value = getattr(self, column.key)
             out[column.key] = value.isoformat() if isinstance(value, dt.datetime) else value
@@ -163,6 +181,9 @@ class Store:
             raise StoreError(f"cannot open the results database {db!r}: {exc}") from exc
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            # Take the write lock when a transaction begins, not at its first write: a check-then-
+            # insert (claiming a run) is then atomic across harness processes sharing the file.
+            event.listen(self.engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._create_schema(db)
 
@@ -219,6 +240,26 @@ class Store:
             session.flush()
             return run.id
 
+    def claim_run(self, run_key: str, reuse: frozenset[str], **fields: Any) -> tuple[str, Run | int]:
+        """Atomically decide what to do with a key: ("reuse", run), ("busy", run) or ("new", run id).
+
+        A finished run whose status is in `reuse` is reused; a run of this key still `running` in a
+        live harness process is left to it; otherwise a new `running` row is inserted, claimed.
+        """
+        with self.session() as session:
+            latest = session.scalars(
+                select(Run).where(Run.run_key == run_key).order_by(Run.id.desc()).limit(1)
+            ).first()
+            if latest is not None and latest.status == RunStatus.RUNNING.value and _owner_alive(latest):
+                return "busy", latest
+            if latest is not None and latest.status in reuse:
+                return "reuse", latest
+            run = Run(status=RunStatus.RUNNING.value, started_at=utcnow(), runner_host=socket.gethostname(),
+                      runner_pid=os.getpid(), run_key=run_key, **fields)
+            session.add(run)
+            session.flush()
+            return "new", run.id
+
     def update_run(self, run_id: int, **fields: Any) -> None:
         with self.session() as session:
             run = session.get(Run, run_id)
@@ -241,7 +282,7 @@ class Store:
             stale = session.scalars(select(Run).where(Run.status == RunStatus.RUNNING.value)).all()
             count = 0
             for run in stale:
-                if run.runner_host == host and run.runner_pid and not _pid_alive(run.runner_pid):
+                if run.runner_host == host and not _owner_alive(run):
                     run.status = RunStatus.INTERRUPTED.value
                     run.failure = "interrupted"
                     run.reason = run.reason or "the harness process running it stopped before it finished"
@@ -262,12 +303,20 @@ class Store:
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    connection.isolation_level = None  # SQLAlchemy's "begin" event issues BEGIN IMMEDIATE itself
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=60000")
     cursor.close()
+
+
+def _owner_alive(run: Run) -> bool:
+    """Whether the harness process that is running `run` still exists (assumed so on other hosts)."""
+    if run.runner_host != socket.gethostname():
+        return True
+    return bool(run.runner_pid) and _pid_alive(run.runner_pid)
 
 
 def _pid_alive(pid: int) -> bool:

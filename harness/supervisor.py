@@ -28,6 +28,7 @@ from harness.data import Corpus
 from harness.entries import EntrySource
 from harness.errors import FailureKind, RunStatus
 from harness.scoring import EvalProtocol
+from harness.provenance import hardware_fingerprint, harness_git_commit, run_key
 from harness.store import Store
 
 POLL_SECONDS = 0.1
@@ -36,6 +37,12 @@ LOG_TAIL_BYTES = 8192
 CHECK_TIMEOUT_SECONDS = 120.0
 
 EventSink = Callable[[dict[str, Any]], None]
+
+# Which finished results a new `harness run` reuses instead of running again.
+REUSE_DEFAULT = frozenset({RunStatus.OK.value, RunStatus.INVALID.value, RunStatus.FAILED.value,
+                           RunStatus.TIMEOUT.value, RunStatus.OUT_OF_MEMORY.value})
+REUSE_RETRY_FAILED = frozenset({RunStatus.OK.value, RunStatus.INVALID.value})
+REUSE_NOTHING: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,29 @@ class RunRequest:
     threads: int
     limits: RunLimits
     protocol: EvalProtocol = field(default_factory=EvalProtocol)
+    division: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def key(self, data_checksums: dict[str, str]) -> str:
+        """Everything that determines the result; runs with equal keys are interchangeable."""
+        return run_key(
+            entry=self.entry.name, source_hash=self.entry.source_hash, hparams=self.hparams, seed=self.seed,
+            budget=self.limits.seconds, memory=self.limits.memory_bytes, evals=self.limits.evals,
+            device=self.device, hardware=hardware_fingerprint(self.device), data=data_checksums,
+            protocol=asdict(self.protocol), harness=harness.__version__,
+        )
+
+    def row_fields(self, data_checksums: dict[str, str]) -> dict[str, Any]:
+        """The columns a run row starts with."""
+        return dict(
+            entry=self.entry.name, entry_kind=self.entry.kind, entry_path=str(self.entry.path),
+            source_hash=self.entry.source_hash, source=self.entry.source, hparams=self.hparams,
+            hparam_overrides=self.hparams, seed=self.seed, device=self.device, threads=self.threads,
+            budget_seconds=self.limits.seconds, memory_limit_bytes=self.limits.memory_bytes,
+            eval_protocol=asdict(self.protocol), data_checksums=dict(data_checksums),
+            harness_version=harness.__version__, git_commit=harness_git_commit(), division=self.division,
+            hardware=hardware_fingerprint(self.device), config=self.config,
+        )
 
 
 @dataclass
@@ -216,15 +246,28 @@ class Supervisor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def run(self, request: RunRequest) -> RunOutcome:
-        run_id = self.store.start_run(
-            entry=request.entry.name, entry_kind=request.entry.kind, entry_path=str(request.entry.path),
-            source_hash=request.entry.source_hash, source=request.entry.source,
-            hparams=request.hparams, hparam_overrides=request.hparams, seed=request.seed,
-            device=request.device, threads=request.threads, budget_seconds=request.limits.seconds,
-            memory_limit_bytes=request.limits.memory_bytes, eval_protocol=asdict(request.protocol),
-            data_checksums=dict(self.corpus.checksums), harness_version=harness.__version__,
-        )
+    def run_or_reuse(self, request: RunRequest, reuse: frozenset[str]) -> RunOutcome | None:
+        """Reuse a finished result of the same key, leave one running elsewhere, or run it.
+
+        Returns None when another live harness process is running this key right now.
+        """
+        checksums = dict(self.corpus.checksums)
+        action, found = self.store.claim_run(request.key(checksums), reuse, **request.row_fields(checksums))
+        if action == "reuse":
+            outcome = outcome_of(found)
+            self.on_event({"type": "run_reused", **outcome.as_dict(), "seed": request.seed})
+            return outcome
+        if action == "busy":
+            self.on_event({"type": "run_busy", "run_id": found.id, "entry": request.entry.name,
+                           "pid": found.runner_pid, "seed": request.seed})
+            return None
+        return self.run(request, found)
+
+    def run(self, request: RunRequest, run_id: int | None = None) -> RunOutcome:
+        """Run one request to its end; `run_id` is a row already claimed for it (else one is made)."""
+        if run_id is None:
+            run_id = self.store.start_run(run_key=request.key(dict(self.corpus.checksums)),
+                                          **request.row_fields(dict(self.corpus.checksums)))
         run_dir = self.runs_dir / str(run_id)
         spec = {
             "entry_path": str(request.entry.path), "hparams": request.hparams, "seed": request.seed,
@@ -384,9 +427,26 @@ def _result_fields(result: dict[str, Any]) -> dict[str, Any]:
         "valid_ppl": valid.get("ppl"), "valid_tokens": valid.get("tokens"), "valid_nll_sum": valid.get("nll_sum"),
         "test_ppl": test.get("ppl"), "test_tokens": test.get("tokens"), "test_nll_sum": test.get("nll_sum"),
         "valid_accuracy": valid.get("accuracy"), "test_accuracy": test.get("accuracy"),
+        "valid_sentence_nll": _float32_bytes(valid.get("sentence_nll")),
+        "test_sentence_nll": _float32_bytes(test.get("sentence_nll")),
         "param_count": result.get("param_count"), "peak_gpu_memory_bytes": result.get("peak_gpu_memory_bytes"),
         "checks": result.get("checks") or {},
     }
+
+
+def _float32_bytes(values: Any) -> bytes | None:
+    if not isinstance(values, list):
+        return None
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
+def outcome_of(run: Any) -> RunOutcome:
+    """The outcome recorded in a stored run (for a reused result)."""
+    return RunOutcome(
+        run_id=run.id, entry=run.entry, status=RunStatus(run.status), failure=run.failure, reason=run.reason,
+        valid_ppl=run.valid_ppl, valid_tokens=run.valid_tokens, test_ppl=run.test_ppl, test_tokens=run.test_tokens,
+        train_seconds=run.train_seconds, steps=run.steps, peak_memory_bytes=run.peak_memory_bytes,
+    )
 
 
 def _exit_reason(code: int | None) -> str:

@@ -16,6 +16,8 @@ import dataclasses
 import os
 import platform
 import random
+import signal
+import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -33,12 +35,26 @@ from harness.entries import (
 )
 from harness.errors import EntryFailure, FailureKind, HarnessError
 from harness.mlm import MaskedScore
+from harness.provenance import cpu_model
 from harness.runner import Evaluator, TrainSummary, call_entry, train, training_stream
 from harness.scoring import EvalProtocol, SplitScore, parameter_count, scoring_mode
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the supervisor dies (even by kill -9)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the supervisor was already gone before the request took effect
+        os._exit(1)
+
+
 def main(argv: list[str]) -> int:
     mode, spec_path, fd = argv
+    die_with_parent()
     channel = Channel.from_fd(int(fd))
     spec = _read_spec(Path(spec_path))
     handlers = {"run": run_mode, "check": check_mode, "describe": describe_mode}
@@ -77,20 +93,31 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
     cuda = device.type == "cuda"
     return {
         "type": "environment",
-        "device_name": torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine()),
+        "device_name": torch.cuda.get_device_name(device) if cuda else cpu_model(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         "threads": torch.get_num_threads(),
         "environment": {
+            "cpu_model": cpu_model(),
             "cpu_count": os.cpu_count(),
             "cuda_version": torch.version.cuda,
             "cudnn_version": torch.backends.cudnn.version() if cuda else None,
+            "gpu_driver": gpu_driver() if cuda else None,
             "harness_version": harness.__version__,
             "numpy_version": np.__version__,
             "machine": platform.machine(),
         },
     }
+
+
+def gpu_driver() -> str | None:
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None
 
 
 def import_checked(path: Path) -> type[Entry]:
@@ -156,7 +183,8 @@ def run_mode(spec: dict[str, Any], channel: Channel) -> None:
         if isinstance(score, SplitScore):
             np.save(Path(spec["run_dir"]) / f"{score.split}_token_nll.npy", score.token_nll.astype(np.float32))
     channel.send({
-        "type": "result", "valid": _score_message(valid), "test": _score_message(test),
+        "type": "result", "valid": _score_message(valid, valid_ids, eos_id),
+        "test": _score_message(test, test_ids, eos_id),
         "param_count": parameter_count(entry),
         "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "checks": {"shape_finite_normalised": "passed", "causality": "passed" if audited else "not applicable",
@@ -173,11 +201,20 @@ def _receive_test_split(channel: Channel) -> torch.Tensor:
                 return torch.from_numpy(np.load(message["path"], allow_pickle=False).astype(np.int64))
 
 
-def _score_message(score: SplitScore | MaskedScore) -> dict[str, Any]:
-    message = {"ppl": score.perplexity, "tokens": score.tokens, "nll_sum": score.nll_sum}
+def _score_message(score: SplitScore | MaskedScore, ids: torch.Tensor, eos_id: int) -> dict[str, Any]:
+    message: dict[str, Any] = {"ppl": score.perplexity, "tokens": score.tokens, "nll_sum": score.nll_sum}
     if isinstance(score, MaskedScore):
         message["accuracy"] = score.accuracy
+    else:
+        message["sentence_nll"] = sentence_nll(score.token_nll, ids, eos_id).tolist()
     return message
+
+
+def sentence_nll(token_nll: np.ndarray, ids: torch.Tensor, eos_id: int) -> np.ndarray:
+    """(S,) NLL summed over each sentence (its words and its <eos>), in split order."""
+    ends = np.flatnonzero(ids.numpy() == eos_id)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    return np.add.reduceat(token_nll, starts)
 
 
 def check_mode(spec: dict[str, Any], channel: Channel) -> None:
