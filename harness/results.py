@@ -106,9 +106,10 @@ def leaderboard(store: Store, phase: str = "open", track: str | None = None,
     """One ranking per (track, division): entries by mean perplexity of their ok seeds."""
     split = "test" if phase == "final" else "valid"
     frame = current_runs(runs_frame(store, track=track, division=division))
-    ok = frame[frame["status"] == RunStatus.OK.value]
+    ok = frame[frame["status"] == RunStatus.OK.value].copy()
+    ok["division"] = ok["division"].fillna("-")
     rankings = []
-    for (track_name, division_name), group in ok.groupby(["track", ok["division"].fillna("-")], sort=True):
+    for (track_name, division_name), group in ok.groupby(["track", "division"], sort=True):
         table = _aggregate(group, split)
         _mark_ties(store, table, split)
         rankings.append(Ranking(str(track_name), str(division_name), split, table))
@@ -116,50 +117,66 @@ def leaderboard(store: Store, phase: str = "open", track: str | None = None,
 
 
 def _aggregate(group: pd.DataFrame, split: str) -> pd.DataFrame:
-    rows = []
-    for entry, runs in group.groupby("entry"):
-        row: dict[str, Any] = {"entry": entry, "seeds": len(runs), "run_ids": list(runs["id"])}
-        for name in ("valid", "test"):
-            mean, std, low, high = mean_interval(runs[f"{name}_ppl"].to_numpy())
-            row.update({f"{name}_ppl": mean, f"{name}_std": std, f"{name}_ci_low": low, f"{name}_ci_high": high})
-            row[f"{name}_accuracy"] = runs[f"{name}_accuracy"].mean()
-        last = runs.sort_values("id").iloc[-1]
-        for column in ("display_name", "authors", "description", "entry_kind", "param_count", "device",
-                       "device_name", "ended_at", "source_hash"):
-            row[column] = last[column]
-        for column in ("tokens_trained", "train_seconds", "peak_memory_bytes", "valid_tokens", "test_tokens"):
-            row[column] = runs[column].mean()
-        rows.append(row)
-    table = pd.DataFrame(rows).sort_values(f"{split}_ppl", kind="stable").reset_index(drop=True)
+    """Per entry: mean, std and 95% t-interval of each split's perplexity, the latest metadata."""
+    ordered = group.sort_values("id")
+    by_entry = ordered.groupby("entry", sort=False)
+    table = by_entry[["display_name", "authors", "description", "entry_kind", "param_count", "device",
+                      "device_name", "ended_at", "source_hash"]].last()
+    table["seeds"] = by_entry.size()
+    table["run_ids"] = by_entry["id"].agg(list)
+    for column in ("tokens_trained", "train_seconds", "peak_memory_bytes", "valid_tokens", "test_tokens",
+                   "valid_accuracy", "test_accuracy"):
+        table[column] = by_entry[column].mean()
+    for name in ("valid", "test"):
+        values = by_entry[f"{name}_ppl"]
+        mean, std, count = values.mean(), values.std(ddof=1), values.count()
+        half = stats.t.ppf(0.5 + CONFIDENCE / 2, (count - 1).clip(lower=1)) * std / np.sqrt(count)
+        half = half.where(count >= 2)  # one seed: no interval
+        table[f"{name}_ppl"], table[f"{name}_std"] = mean, std
+        table[f"{name}_ci_low"], table[f"{name}_ci_high"] = mean - half, mean + half
+    table = table.reset_index().sort_values([f"{split}_ppl", "entry"], kind="stable").reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
     table["p_better_than_next"] = np.nan
     table["tied_with_above"] = False
     return table
 
 
-def sentence_nll(store: Store, run_ids: list[int], split: str) -> np.ndarray | None:
-    """(S,) per-sentence NLL averaged over the given runs, or None if any run lacks it."""
+def sentence_nll_by_run(store: Store, run_ids: list[int], split: str) -> dict[int, np.ndarray]:
+    """Per-sentence NLL arrays of the given runs that have one, in one query."""
     column = getattr(Run, f"{split}_sentence_nll")
     with store.session() as session:
-        blobs = session.execute(select(column).where(Run.id.in_(run_ids))).scalars().all()
-    if not blobs or any(blob is None for blob in blobs):
+        rows = session.execute(select(Run.id, column).where(Run.id.in_(run_ids), column.is_not(None))).all()
+    return {run_id: np.frombuffer(blob, dtype="<f4") for run_id, blob in rows}
+
+
+def sentence_nll(store: Store, run_ids: list[int], split: str) -> np.ndarray | None:
+    """(S,) per-sentence NLL averaged over the given runs, or None if any run lacks it."""
+    return _averaged(sentence_nll_by_run(store, run_ids, split), run_ids)
+
+
+def _averaged(arrays: dict[int, np.ndarray], run_ids: list[int]) -> np.ndarray | None:
+    if not run_ids or any(run_id not in arrays for run_id in run_ids):
         return None
-    return np.mean([np.frombuffer(blob, dtype="<f4").astype(float) for blob in blobs], axis=0)
+    return np.mean([arrays[run_id].astype(float) for run_id in run_ids], axis=0)
 
 
 def _mark_ties(store: Store, table: pd.DataFrame, split: str) -> None:
     """Compare each entry with the one ranked just below it on the same sentences."""
-    arrays = [sentence_nll(store, ids, split) for ids in table["run_ids"]]
+    loaded = sentence_nll_by_run(store, [i for ids in table["run_ids"] for i in ids], split)
+    arrays = [_averaged(loaded, ids) for ids in table["run_ids"]]
     pairs = [i for i in range(len(table) - 1)
              if arrays[i] is not None and arrays[i + 1] is not None and arrays[i].shape == arrays[i + 1].shape]
     by_length: dict[int, list[int]] = {}
     for upper in pairs:
         by_length.setdefault(arrays[upper].shape[0], []).append(upper)
+    probability = np.full(len(table), np.nan)
+    tied = np.zeros(len(table), dtype=bool)
     for uppers in by_length.values():
         differences = np.stack([arrays[i] - arrays[i + 1] for i in uppers], axis=1)  # (S, pairs)
-        for upper, probability in zip(uppers, probs_better(differences)):
-            table.loc[upper, "p_better_than_next"] = probability
-            table.loc[upper + 1, "tied_with_above"] = bool(probability < CONFIDENCE)
+        found = probs_better(differences)
+        probability[uppers] = found
+        tied[np.array(uppers) + 1] = found < CONFIDENCE
+    table["p_better_than_next"], table["tied_with_above"] = probability, tied
 
 
 def failures(store: Store, track: str | None = None) -> pd.DataFrame:
