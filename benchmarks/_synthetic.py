@@ -42,7 +42,7 @@ def synthetic_database(path: Path, entries: int = 200, runs_per_entry: int = 10,
                     run.traceback = "Traceback (most recent call last):\n  ...\nValueError: boom"
                 else:
                     sentences = base * quality + rng.normal(0, 2.0, SENTENCES)
-                    ppl = float(np.exp(sentences.sum() / 82_430 / 30))
+                    ppl = float(np.exp(sentences.sum() / 82_430))
                     run.status = RunStatus.OK.value
                     run.test_ppl, run.valid_ppl = ppl, ppl * 1.07
                     run.test_tokens, run.valid_tokens = 82_430, 73_760

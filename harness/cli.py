@@ -90,10 +90,12 @@ def main() -> None:
               help="Where each run's log and per-token scores are kept.")
 @entry_dir_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per run on stdout.")
+@click.option("--site/--no-site", "with_site", default=True, show_default=True,
+              help="After --all, rebuild the static site into ./site.")
 def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str | None, device: str,
         division_name: str | None, seed: int, seeds: int | None, hparams: tuple[str, ...], threads: int | None,
         evals: int | None, force: bool, retry_failed: bool, config_path: str | None, data_dir: str | None,
-        db: str, runs_dir: str, submissions: str, baselines: str, as_json: bool) -> None:
+        db: str, runs_dir: str, submissions: str, baselines: str, as_json: bool, with_site: bool) -> None:
     """Train and score entries (NAMES, or paths to .py files), each in its own process.
 
     A result is reused when a finished run has the same key (entry source, hyper-parameters, seed,
@@ -138,6 +140,9 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
                     if outcome is not None:
                         outcomes.append(outcome)
         view.summary(outcomes, db)
+        if run_all and with_site:
+            written = _build_site(store, Path("site"), None, config_path, None)
+            click.echo(f"site rebuilt: {len(written)} files in site/", err=True)
         if any(outcome.status is not RunStatus.OK for outcome in outcomes):
             sys.exit(EXIT_RUN_FAILED)
 
@@ -323,6 +328,47 @@ def results(db: str, fmt: str, output: str | None, entry: str | None, status: st
             for ranking in rankings:
                 ranking.table = ranking.table[ranking.table["entry"] == entry]
         report.emit_rankings(rankings, failures(store, track), fmt, output, chosen_phase)
+
+
+@main.command()
+@click.option("--db", default="harness.sqlite", show_default=True, envvar="HARNESS_DB", help="Results database.")
+@click.option("--out", "out_dir", default="site", show_default=True, type=click.Path(file_okay=False),
+              help="Folder to write the site into.")
+@click.option("--phase", type=click.Choice(["open", "final"]), help="[default: the config's]")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Competition config.")
+@click.option("--templates", type=click.Path(file_okay=False), help="Folder with templates/ and static/.")
+def site(db: str, out_dir: str, phase: str | None, config_path: str | None, templates: str | None) -> None:
+    """Build the static leaderboard site from the results database."""
+    with _errors_to_exit():
+        written = _build_site(Store(_existing_db(db)), Path(out_dir), phase, config_path, templates)
+        click.echo(f"wrote {len(written)} files to {out_dir}/ (open {Path(out_dir) / 'index.html'})")
+
+
+def _build_site(store: Store, out_dir: Path, phase: str | None, config_path: str | None,
+                templates: str | None) -> list[Path]:
+    from harness.site import LEADERBOARD_DIR, SiteOptions, build_site
+
+    competition = load_competition(config_path)
+    options = SiteOptions(out_dir=out_dir, phase=phase or competition.phase, competition_name=competition.name,
+                          templates=Path(templates) if templates else LEADERBOARD_DIR)
+    return build_site(store, options)
+
+
+@main.command()
+@click.option("--dir", "folder", default="site", show_default=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(folder: str, port: int) -> None:
+    """Preview the built site on http://127.0.0.1:PORT (localhost only)."""
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=folder)
+    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
+        click.echo(f"serving {folder}/ on http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C to stop)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            click.echo("stopped")
 
 
 @main.command()
