@@ -80,24 +80,42 @@ class RunLimits:
 
 
 class TrainClock:
-    """Accumulates only the time spent in timed sections (import, setup, steps, hooks)."""
+    """Wall-clock training time: from `start()` on, minus the time spent inside `paused()`.
+
+    Everything the child does while the clock runs counts (the entry's code and the harness's
+    own loop around it), which is also what the supervisor measures from outside.
+    """
 
     def __init__(self, budget_seconds: float, synchronize: bool = False) -> None:
         self.budget_seconds = budget_seconds
-        self.elapsed = 0.0
         self._synchronize = synchronize
+        self._started: float | None = None
+        self._paused_total = 0.0
+
+    def start(self) -> None:
+        if self._started is None:
+            self._started = time.perf_counter()
 
     @contextmanager
-    def timed(self) -> Iterator[None]:
-        start = time.perf_counter()
+    def paused(self) -> Iterator[None]:
+        self._sync()  # work queued before the pause belongs to training
+        began = time.perf_counter()
         try:
             yield
         finally:
-            if self._synchronize:  # CUDA work is asynchronous: count it where it runs
-                import torch
+            self._paused_total += time.perf_counter() - began
 
-                torch.cuda.synchronize()
-            self.elapsed += time.perf_counter() - start
+    def _sync(self) -> None:
+        if self._synchronize:  # CUDA work is asynchronous: count it where it runs
+            import torch
+
+            torch.cuda.synchronize()
+
+    @property
+    def elapsed(self) -> float:
+        if self._started is None:
+            return 0.0
+        return time.perf_counter() - self._started - self._paused_total
 
     @property
     def spent(self) -> bool:

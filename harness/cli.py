@@ -26,8 +26,9 @@ from harness.data import DataSource, load_corpus
 from harness.entries import EntrySource, discover, parse_overrides, select, static_metadata
 from harness.errors import ConfigError, EntryError, HarnessError, RunStatus, StoreError
 from harness.store import Store
+from harness.sandbox import resolve_mode
 from harness.supervisor import (
-    REUSE_DEFAULT, REUSE_NOTHING, REUSE_RETRY_FAILED, RunOutcome, RunRequest, Supervisor, run_child_once,
+    REUSE_DEFAULT, Confinement, REUSE_NOTHING, REUSE_RETRY_FAILED, RunOutcome, RunRequest, Supervisor, run_child_once,
 )
 
 EXIT_RUN_FAILED = 1
@@ -90,12 +91,15 @@ def main() -> None:
               help="Where each run's log and per-token scores are kept.")
 @entry_dir_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per run on stdout.")
+@click.option("--sandbox", type=click.Choice(["auto", "bwrap", "none"]), default="auto", show_default=True,
+              help="Isolate each run with bubblewrap (auto: when it works here).")
 @click.option("--site/--no-site", "with_site", default=True, show_default=True,
               help="After --all, rebuild the static site into ./site.")
 def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str | None, device: str,
         division_name: str | None, seed: int, seeds: int | None, hparams: tuple[str, ...], threads: int | None,
         evals: int | None, force: bool, retry_failed: bool, config_path: str | None, data_dir: str | None,
-        db: str, runs_dir: str, submissions: str, baselines: str, as_json: bool, with_site: bool) -> None:
+        db: str, runs_dir: str, submissions: str, baselines: str, as_json: bool, sandbox: str,
+        with_site: bool) -> None:
     """Train and score entries (NAMES, or paths to .py files), each in its own process.
 
     A result is reused when a finished run has the same key (entry source, hyper-parameters, seed,
@@ -117,20 +121,22 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
             raise EntryError(f"no entries found in {submissions}/ or {baselines}/; create one with `harness new NAME`")
         limits = RunLimits(seconds=budget or division.budget, memory_bytes=parse_memory(memory or division.memory),
                            evals=competition.evals if evals is None else evals)
-        overrides = _typed_overrides(entries, list(hparams), Path(runs_dir)) if hparams else {}
+        source = DataSource.from_options(data_dir)
+        confinement = _confinement(sandbox, source, db)
+        overrides = _typed_overrides(entries, list(hparams), Path(runs_dir), confinement) if hparams else {}
         seed_list = [seed + i for i in range(seeds or competition.seeds)]
         config = {"competition": competition.as_dict(), "division": division.name,
                   "options": {"budget": limits.seconds, "memory_bytes": limits.memory_bytes, "evals": limits.evals,
                               "seeds": seed_list, "device": chosen_device, "hparams": list(hparams)}}
         reuse = REUSE_NOTHING if force else REUSE_RETRY_FAILED if retry_failed else REUSE_DEFAULT
-        corpus = load_corpus(DataSource.from_options(data_dir))
+        corpus = load_corpus(source)
         store = Store(db)
         abandoned = store.mark_abandoned()
         if abandoned:
             click.echo(f"marked {abandoned} run(s) left unfinished by a stopped harness as interrupted", err=True)
         view = ProgressView(as_json)
         outcomes: list[RunOutcome] = []
-        with Supervisor(store, corpus, Path(runs_dir), on_event=view.on_event) as supervisor:
+        with Supervisor(store, corpus, Path(runs_dir), on_event=view.on_event, confinement=confinement) as supervisor:
             for entry in entries:
                 for run_seed in seed_list:
                     request = RunRequest(entry=entry, hparams=overrides.get(entry.name, {}), seed=run_seed,
@@ -147,10 +153,23 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
             sys.exit(EXIT_RUN_FAILED)
 
 
-def _typed_overrides(entries: list[EntrySource], pairs: list[str], work_dir: Path) -> dict[str, dict[str, Any]]:
+def _confinement(mode: str, source: DataSource, db: str) -> Confinement:
+    """The sandbox for this invocation, and what it hides: the data, the caches, the database."""
+    chosen, note = resolve_mode(mode)
+    if note:
+        click.echo(note, err=True)
+    hidden = [source.cache_dir] + ([source.data_dir] if source.data_dir else [])
+    if "://" not in db:
+        hidden += [Path(db + suffix).resolve() for suffix in ("", "-wal", "-shm", "-journal")]
+    return Confinement(chosen, tuple(hidden), note)
+
+
+def _typed_overrides(entries: list[EntrySource], pairs: list[str], work_dir: Path,
+                     confinement: Confinement = Confinement()) -> dict[str, dict[str, Any]]:
     """Check `--hparam` against each entry's schema (read in a child: importing runs its code)."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    message, log = run_child_once("describe", {"paths": [str(e.path) for e in entries]}, work_dir / "describe")
+    message, log = run_child_once("describe", {"paths": [str(e.path) for e in entries]}, work_dir / "describe",
+                                  confinement=confinement)
     if not message or message.get("type") != "described_all":
         raise EntryError(f"could not read the entries' hyper-parameters: {message}\n{log[-2000:]}")
     typed = {}

@@ -9,18 +9,19 @@ How the harness drives an entry (in its own child process)
 
     entry = YourEntry()                       # no arguments
     entry.hparams = YourHparams(**overrides)  # defaults, then `--hparam key=value` overrides
-    entry.setup(ctx)                          # timed: build the model and optimiser here
+    entry.setup(ctx)                          # build the model and optimiser here
     for epoch in 0, 1, ...:                   # until the budget, max_epochs or max_steps
-        entry.on_epoch_start(epoch)           # timed
-        for inputs, targets in train stream:  # timed
+        entry.on_epoch_start(epoch)
+        for inputs, targets in train stream:
             loss = entry.train_step(inputs, targets)
             (every 1/evals of the budget: a validation pass, untimed, then on_validation(ppl))
-        entry.on_epoch_end(epoch)             # timed
+        entry.on_epoch_end(epoch)
     final validation pass, causality audit, then the test split: untimed, capped, frozen weights
 
-What is timed: importing your module, `setup`, every `train_step` and the epoch hooks. The clock
-pauses during validation passes. The harness stops calling `train_step` once the budget is spent;
-a step that never returns is killed at budget plus a grace period and the run ends `timeout`.
+What is timed: wall-clock time from importing your module to the return of the last step: the
+import, `setup`, every `train_step`, the hooks, and the harness's own (thin) loop between them. The
+clock pauses only during validation passes. The harness stops calling `train_step` once the budget
+is spent; a step that never returns is killed at budget plus a grace period (run: `timeout`).
 
 The training stream
 -------------------

@@ -148,7 +148,7 @@ def describe_run(run: Run, with_source: bool = False) -> str:
         "environment": {"device name": run.device_name, "hardware": run.hardware, "torch": run.torch_version,
                         "python": run.python_version, "platform": run.platform,
                         "harness": run.harness_version, "git commit": run.git_commit,
-                        **(run.environment or {})},
+                        "isolation": run.isolation, **(run.environment or {})},
         "times": {"started": run.started_at, "ended": run.ended_at, "run key": run.run_key},
     }
     for title, values in sections.items():

@@ -21,6 +21,9 @@ from harness.mlm import MaskedScore, MaskedStream, score_masked
 from harness.scoring import EvalProtocol, SplitScore, audit_causality, score_split
 
 
+PROGRESS_EVERY_SECONDS = 0.25
+
+
 class Reporter(Protocol):
     """Where the loop sends what it does (the worker forwards it to the supervisor)."""
 
@@ -39,6 +42,9 @@ def call_entry(kind: FailureKind, where: str, function: Callable[..., Any], *arg
         raise EntryFailure(FailureKind.OUT_OF_MEMORY, f"{where} ran out of memory: {exc}",
                            traceback.format_exc()) from exc
     except Exception as exc:
+        if isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc):  # CPU allocator's OOM
+            raise EntryFailure(FailureKind.OUT_OF_MEMORY, f"{where} ran out of memory: {exc}",
+                               traceback.format_exc()) from exc
         raise EntryFailure(kind, f"{where} raised {type(exc).__name__}: {exc}", traceback.format_exc()) from exc
 
 
@@ -137,29 +143,31 @@ def train(
     interval = limits.seconds / limits.evals if limits.evals else math.inf
     next_eval = interval
     epoch = 0
+    clock.start()
+    reported = -math.inf
     while not summary.stop_reason:
         if hparams.max_epochs is not None and epoch >= hparams.max_epochs:
             summary.stop_reason = "max_epochs"
             break
-        with clock.timed():
-            call_entry(FailureKind.RUNTIME_ERROR, f"on_epoch_start({epoch})", entry.on_epoch_start, epoch)
+        call_entry(FailureKind.RUNTIME_ERROR, f"on_epoch_start({epoch})", entry.on_epoch_start, epoch)
         for index, (inputs, targets) in enumerate(stream):
             summary.stop_reason = _stop_reason(clock, hparams, summary.steps)
             if summary.stop_reason:
                 summary.epochs = epoch + index / len(stream)
                 break
-            _step(entry, inputs, targets, clock, summary)
-            reporter.send({"type": "progress", "step": summary.steps, "epoch": epoch,
-                           "train_seconds": clock.elapsed, "tokens": summary.tokens, "loss": summary.last_loss})
+            _step(entry, inputs, targets, summary)
+            if clock.elapsed - reported >= PROGRESS_EVERY_SECONDS:  # a message per step would cost
+                reported = clock.elapsed
+                reporter.send({"type": "progress", "step": summary.steps, "epoch": epoch,
+                               "train_seconds": reported, "tokens": summary.tokens, "loss": summary.last_loss})
             if clock.elapsed >= next_eval:
                 summary.train_seconds = clock.elapsed
-                valid_ppl = validate(summary)
-                with clock.timed():
-                    call_entry(FailureKind.RUNTIME_ERROR, "on_validation", entry.on_validation, valid_ppl)
+                with clock.paused():
+                    valid_ppl = validate(summary)
+                call_entry(FailureKind.RUNTIME_ERROR, "on_validation", entry.on_validation, valid_ppl)
                 next_eval = (math.floor(clock.elapsed / interval) + 1) * interval
         else:
-            with clock.timed():
-                call_entry(FailureKind.RUNTIME_ERROR, f"on_epoch_end({epoch})", entry.on_epoch_end, epoch)
+            call_entry(FailureKind.RUNTIME_ERROR, f"on_epoch_end({epoch})", entry.on_epoch_end, epoch)
             epoch += 1
             summary.epochs = float(epoch)
     summary.train_seconds = clock.elapsed
@@ -174,18 +182,16 @@ def _stop_reason(clock: TrainClock, hparams: Hparams, steps: int) -> str:
     return ""
 
 
-def _step(entry: Entry, inputs: torch.Tensor, targets: torch.Tensor, clock: TrainClock,
-          summary: TrainSummary) -> None:
-    with clock.timed():
-        loss = call_entry(FailureKind.RUNTIME_ERROR, f"train_step (step {summary.steps})",
-                          entry.train_step, inputs, targets)
-        try:
-            value = float(loss)  # inside the timed block: on CUDA this waits for the step to finish
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise EntryFailure(
-                FailureKind.CONTRACT_VIOLATION,
-                f"train_step must return the loss as a float or 0-dim tensor, got {type(loss).__name__}: {exc}",
-            ) from exc
+def _step(entry: Entry, inputs: torch.Tensor, targets: torch.Tensor, summary: TrainSummary) -> None:
+    loss = call_entry(FailureKind.RUNTIME_ERROR, f"train_step (step {summary.steps})",
+                      entry.train_step, inputs, targets)
+    try:
+        value = float(loss)  # on CUDA this waits for the step, so the clock sees its real cost
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise EntryFailure(
+            FailureKind.CONTRACT_VIOLATION,
+            f"train_step must return the loss as a float or 0-dim tensor, got {type(loss).__name__}: {exc}",
+        ) from exc
     if not math.isfinite(value):
         raise EntryFailure(FailureKind.NON_FINITE,
                            f"train_step returned a non-finite loss ({value}) at step {summary.steps}; "

@@ -212,26 +212,37 @@ def audit_causality(
     check = OutputChecker(vocab_size, device, protocol.normalisation_tol)
     length = entry.eval_context + protocol.window
     inputs = torch.cat([torch.tensor([eos_id]), targets[:-1]])
-    limit = max(1, inputs.numel() - length)
+    limit = inputs.numel() - length
     for _ in range(protocol.causality_windows):
-        starts = torch.randint(0, limit, (2,), generator=generator).tolist()
+        starts = torch.randint(length, max(length + 1, limit), (2,), generator=generator).tolist()
         x = torch.stack([inputs[s:s + length] for s in starts])  # (2, length)
+        prefix = torch.stack([inputs[s - length:s] for s in starts])  # what came just before
         cut = int(torch.randint(0, length - 1, (1,), generator=generator))
         shift = torch.randint(1, vocab_size, x[:, cut + 1:].shape, generator=generator)
         changed = x.clone()
         changed[:, cut + 1:] = (x[:, cut + 1:] + shift) % vocab_size  # every later token differs
-        first, _ = unpack_output(entry.log_probs(x.to(device), entry.initial_state(2)))
-        check(first, 2, length)
-        second, _ = unpack_output(entry.log_probs(changed.to(device), entry.initial_state(2)))
-        check(second, 2, length)
-        drift = (first[:, :cut + 1].float() - second[:, :cut + 1].float()).abs().max().item()
-        if drift > protocol.causality_tol:
-            raise EntryFailure(
-                FailureKind.CAUSALITY_VIOLATION,
-                f"causality check failed: changing the inputs after position {cut} changed the "
-                f"log-probs at positions 0..{cut} by up to {drift:.3g}; position t may only "
-                "depend on inputs[:, :t+1] (use a causal mask, not a bidirectional model)",
-            )
+        # From a fresh state, and from the state a real preceding window leaves: a model must not
+        # be causal only when its state is empty.
+        for state_of in (lambda: entry.initial_state(2), lambda: _state_after(entry, prefix, device, check)):
+            first, _ = unpack_output(entry.log_probs(x.to(device), state_of()))
+            check(first, 2, length)
+            second, _ = unpack_output(entry.log_probs(changed.to(device), state_of()))
+            check(second, 2, length)
+            drift = (first[:, :cut + 1].float() - second[:, :cut + 1].float()).abs().max().item()
+            if drift > protocol.causality_tol:
+                raise EntryFailure(
+                    FailureKind.CAUSALITY_VIOLATION,
+                    f"causality check failed: changing the inputs after position {cut} changed the "
+                    f"log-probs at positions 0..{cut} by up to {drift:.3g}; position t may only "
+                    "depend on inputs[:, :t+1] (use a causal mask, not a bidirectional model)",
+                )
+
+
+def _state_after(entry: Entry, prefix: torch.Tensor, device: torch.device, check: OutputChecker) -> Any:
+    """The state after reading `prefix` from a fresh state (computed anew for every use)."""
+    log_probs, state = unpack_output(entry.log_probs(prefix.to(device), entry.initial_state(prefix.shape[0])))
+    check(log_probs, prefix.shape[0], prefix.shape[1])
+    return state
 
 
 # --- Weights: what the entry holds, and proof that scoring leaves it alone --------------------

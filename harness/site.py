@@ -161,7 +161,8 @@ def _run_view(run: Run, phase: str) -> dict[str, Any]:
                         "torch": run.torch_version, "python": run.python_version, "platform": run.platform,
                         "harness": run.harness_version, "git commit": run.git_commit,
                         "budget": f"{run.budget_seconds:.0f} s, {format_bytes(run.memory_limit_bytes)}",
-                        "division": run.division, "started": _date(run.started_at)},
+                        "division": run.division, "started": _date(run.started_at),
+                        "isolation": _isolation_text(run.isolation)},
     }
 
 
@@ -266,6 +267,15 @@ def _date(value: Any) -> str:
     if _missing(value):
         return "–"
     return pd.Timestamp(value).strftime("%Y-%m-%d %H:%M")
+
+
+def _isolation_text(isolation: dict[str, Any] | None) -> str | None:
+    if not isolation:
+        return None
+    sandbox = "bubblewrap sandbox" if isolation.get("sandbox") == "bwrap" else "process isolation only"
+    memory = ("kernel memory limit (cgroup)" if isolation.get("memory_enforcement") == "cgroup"
+              else "memory limit enforced by the supervisor's measurement")
+    return f"{sandbox}; {memory}"
 
 
 def _first_line(text: Any) -> str:

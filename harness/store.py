@@ -40,6 +40,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE runs ADD COLUMN git_commit VARCHAR(40)",
         "ALTER TABLE runs ADD COLUMN test_sentence_nll BLOB",
         "ALTER TABLE runs ADD COLUMN valid_sentence_nll BLOB",
+        "ALTER TABLE runs ADD COLUMN isolation JSON",
         "CREATE INDEX IF NOT EXISTS ix_runs_track ON runs (track)",
         "CREATE INDEX IF NOT EXISTS ix_runs_run_key ON runs (run_key)",
     ),
@@ -128,6 +129,8 @@ class Run(Base):
     python_version: Mapped[str | None] = mapped_column(String(40))
     platform: Mapped[str | None] = mapped_column(Text)
     environment: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    isolation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The sandbox and memory enforcement the run had (see harness.sandbox)."""
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     runner_host: Mapped[str | None] = mapped_column(String(200))

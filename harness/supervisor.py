@@ -15,11 +15,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 import harness
 from harness.budget import RunLimits, format_bytes, kill_tree, tree_rss
@@ -28,10 +29,14 @@ from harness.data import Corpus
 from harness.entries import EntrySource
 from harness.errors import FailureKind, RunStatus
 from harness.scoring import EvalProtocol
+from harness.sandbox import Cgroup, Isolation, SandboxSpec, bwrap_command, child_preexec, sandbox_environment
 from harness.provenance import hardware_fingerprint, harness_git_commit, run_key
 from harness.store import Store
 
+PACKAGE_ROOT = Path(harness.__file__).resolve().parent.parent
 POLL_SECONDS = 0.1
+MAX_LOG_BYTES = 16 * 2**20       # a run printing more than this is stopped
+MAX_CHILD_PROCESSES = 64         # a run starting more processes than this is stopped
 STARTUP_CAP_SECONDS = 120.0
 LOG_TAIL_BYTES = 8192
 CHECK_TIMEOUT_SECONDS = 120.0
@@ -101,8 +106,7 @@ class RunOutcome:
 
 def child_environment(threads: int, seed: int) -> dict[str, str]:
     env = dict(os.environ)
-    package_root = str(Path(harness.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
     env.update({
         "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONHASHSEED": str(seed),
         "PYTHONUNBUFFERED": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -110,28 +114,70 @@ def child_environment(threads: int, seed: int) -> dict[str, str]:
     return env
 
 
-class ChildProcess:
-    """A `harness.worker` child with its channel, log file and resource watch."""
+@dataclass(frozen=True)
+class Confinement:
+    """How children are isolated: the sandbox mode and what they must not see."""
 
-    def __init__(self, mode: str, spec: dict[str, Any], run_dir: Path, threads: int, seed: int) -> None:
+    sandbox: str = "none"
+    """`bwrap` or `none` (already resolved from `auto`)."""
+    hidden: tuple[Path, ...] = ()
+    note: str = ""
+
+
+class ChildProcess:
+    """A `harness.worker` child with its channel, log file, limits and resource watch."""
+
+    def __init__(self, mode: str, spec: dict[str, Any], run_dir: Path, threads: int, seed: int,
+                 confinement: Confinement = Confinement(), memory_bytes: int | None = None) -> None:
         run_dir = run_dir.resolve()  # the child runs inside it: every path it gets is absolute
         run_dir.mkdir(parents=True, exist_ok=True)
         spec_path = run_dir / f"{mode}-spec.json"
         spec_path.write_text(json.dumps(spec, indent=1))
         self.log_path = run_dir / "output.log"
+        self.cgroup, cgroup_note = (None, "") if memory_bytes is None else Cgroup.create(
+            f"ptb-harness-{os.getpid()}-{run_dir.name}-{mode}", memory_bytes)
+        self.isolation = Isolation(confinement.sandbox, "cgroup" if self.cgroup else "monitor",
+                                   "; ".join(n for n in (confinement.note, cgroup_note) if n))
         parent_sock, child_sock = socket.socketpair()
+        command = [sys.executable, "-m", "harness.worker", mode, str(spec_path), str(child_sock.fileno())]
+        env = child_environment(threads, seed)
+        if confinement.sandbox == "bwrap":
+            entries = [spec["entry_path"]] if "entry_path" in spec else spec.get("paths", [])
+            readable = [Path(sys.prefix), Path(sys.base_prefix), PACKAGE_ROOT, *map(Path, entries)]
+            readable += [Path(spec["data_path"])] if "data_path" in spec else []
+            env = {**sandbox_environment(env), "HARNESS_SANDBOX": "bwrap"}
+            command = bwrap_command(command, SandboxSpec(run_dir, readable, confinement.hidden, env))
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "harness.worker", mode, str(spec_path), str(child_sock.fileno())],
-                pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, cwd=run_dir,
-                env=child_environment(threads, seed),
+                command, pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True, cwd=run_dir, env=env,
+                preexec_fn=child_preexec(self.cgroup),
             )
         child_sock.close()
         self.channel = Channel(parent_sock)
         self.exit_code: int | None = None
         self.kernel_peak_rss = 0
         self.sampled_peak_rss = 0
+
+    def log_bytes(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def process_count(self) -> int:
+        try:
+            return 1 + len(psutil.Process(self.pid).children(recursive=True))
+        except psutil.Error:
+            return 0
+
+    def oom_killed(self) -> bool:
+        return self.cgroup is not None and self.cgroup.oom_killed()
+
+    def release(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.kill_all()
+            self.cgroup.remove()
 
     @property
     def pid(self) -> int:
@@ -157,6 +203,8 @@ class ChildProcess:
     def kill(self) -> None:
         """Kill the child's whole tree (idempotent) and reap it."""
         kill_tree(self.pid, include_root=self.exit_code is None)
+        if self.cgroup is not None:
+            self.cgroup.kill_all()  # anything that left the process group is still in the cgroup
         self.reap(block=True)
 
     def receive(self, timeout: float) -> list[dict[str, Any]]:
@@ -177,7 +225,8 @@ class ChildProcess:
 
     @property
     def peak_rss(self) -> int:
-        return max(self.kernel_peak_rss, self.sampled_peak_rss)
+        cgroup_peak = self.cgroup.peak_bytes() if self.cgroup is not None else 0
+        return max(self.kernel_peak_rss, self.sampled_peak_rss, cgroup_peak)
 
 
 @dataclass
@@ -225,8 +274,10 @@ class Watch:
 class Supervisor:
     """Runs requests one after another, each in its own child, recording each in the store."""
 
-    def __init__(self, store: Store, corpus: Corpus, runs_dir: Path, on_event: EventSink | None = None) -> None:
+    def __init__(self, store: Store, corpus: Corpus, runs_dir: Path, on_event: EventSink | None = None,
+                 confinement: Confinement = Confinement()) -> None:
         self.store = store
+        self.confinement = replace(confinement, hidden=(*confinement.hidden, runs_dir.resolve()))
         self.corpus = corpus
         self.runs_dir = runs_dir.resolve()
         self.on_event = on_event or (lambda event: None)
@@ -278,7 +329,8 @@ class Supervisor:
                        "budget": request.limits.seconds})
         tracker = _RunTracker(self, run_id, request, run_dir)
         try:
-            child = ChildProcess("run", spec, run_dir, request.threads, request.seed)
+            child = ChildProcess("run", spec, run_dir, request.threads, request.seed, self.confinement,
+                                 request.limits.memory_bytes)
         except OSError as exc:
             return tracker.finish_without_child(f"could not start the run's process: {exc}")
         try:
@@ -289,6 +341,7 @@ class Supervisor:
                            "the harness was interrupted while this run was in progress")
             raise
         finally:
+            child.release()
             (run_dir / "test_ids.npy").unlink(missing_ok=True)
 
 
@@ -321,6 +374,15 @@ class _RunTracker:
                 # Exited, but something it started may still hold the channel open: drain and stop.
                 for message in child.receive(0.2):
                     self._handle(child, message)
+                break
+            if child.oom_killed():  # the kernel's ceiling hit something in the run's cgroup
+                self._kill(child, RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY,
+                           f"the kernel stopped a process of the run at its {format_bytes(limits.memory_bytes)} "
+                           "memory limit (cgroup)")
+                break
+            violation = _violation(child)
+            if violation:
+                self._kill(child, RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION, violation)
                 break
             rss = child.sample_memory()
             if rss > limits.memory_bytes:
@@ -382,6 +444,10 @@ class _RunTracker:
         limits = self.request.limits
         if self.killed:
             return self.record(child, *self.killed)
+        if child.oom_killed():
+            return self.record(child, RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY,
+                               f"the kernel stopped the run at its {format_bytes(limits.memory_bytes)} memory "
+                               "limit (cgroup)")
         if child.peak_rss > limits.memory_bytes:
             return self.record(child, RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY,
                                f"peak memory {format_bytes(child.peak_rss)} exceeded the "
@@ -399,6 +465,7 @@ class _RunTracker:
         fields: dict[str, Any] = {
             "failure": failure.value if failure else None, "reason": reason, "traceback": traceback,
             "log_tail": child.log_tail(), "peak_memory_bytes": child.peak_rss or None,
+            "isolation": child.isolation.as_dict(),
         }
         if status is RunStatus.OK and self.result:
             fields.update(_result_fields(self.result))
@@ -434,6 +501,15 @@ def _result_fields(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _violation(child: ChildProcess) -> str | None:
+    """A limit on what a run may do besides time and memory, broken."""
+    if child.log_bytes() > MAX_LOG_BYTES:
+        return f"the run printed more than {format_bytes(MAX_LOG_BYTES)} of output"
+    if child.process_count() > MAX_CHILD_PROCESSES:
+        return f"the run started more than {MAX_CHILD_PROCESSES} processes"
+    return None
+
+
 def _float32_bytes(values: Any) -> bytes | None:
     if not isinstance(values, list):
         return None
@@ -462,9 +538,9 @@ def _text(value: Any) -> str | None:
 
 
 def run_child_once(mode: str, spec: dict[str, Any], work_dir: Path, timeout: float = CHECK_TIMEOUT_SECONDS,
-                   threads: int = 1) -> tuple[dict[str, Any] | None, str]:
+                   threads: int = 1, confinement: Confinement = Confinement()) -> tuple[dict[str, Any] | None, str]:
     """Run a short `check` or `describe` child; return its last message and its log tail."""
-    child = ChildProcess(mode, spec, work_dir, threads=threads, seed=0)
+    child = ChildProcess(mode, spec, work_dir, threads=threads, seed=0, confinement=confinement)
     deadline = time.monotonic() + timeout
     last: dict[str, Any] | None = None
     try:

@@ -48,7 +48,9 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the supervisor was already gone before the request took effect
+    # Outside a sandbox, a parent of 1 means the supervisor was gone before the request took effect.
+    # Inside bwrap's pid namespace the parent is bwrap's reaper, pid 1, which dies with the supervisor.
+    if os.getppid() == 1 and os.environ.get("HARNESS_SANDBOX") != "bwrap":
         os._exit(1)
 
 
@@ -146,11 +148,11 @@ def run_mode(spec: dict[str, Any], channel: Channel) -> None:
     clock = TrainClock(limits.seconds, synchronize=device.type == "cuda")
     channel.send({"type": "phase", "phase": "training"})  # the supervisor's clock starts here too
     path = Path(spec["entry_path"])
-    with clock.timed():
-        cls = import_checked(path)
-        hparams = build_hparams(cls.Hparams, spec["hparams"])
-        entry = call_entry(FailureKind.RUNTIME_ERROR, f"{cls.__name__}()", cls)
-        entry.hparams = hparams
+    clock.start()  # importing the entry, building it and `setup` are timed too
+    cls = import_checked(path)
+    hparams = build_hparams(cls.Hparams, spec["hparams"])
+    entry = call_entry(FailureKind.RUNTIME_ERROR, f"{cls.__name__}()", cls)
+    entry.hparams = hparams
     channel.send({"type": "described", **entry_metadata(cls, path), "hparams": dataclasses.asdict(hparams)})
     mask_id = len(vocab) if cls.track == "mlm" else None
     stream = training_stream(train_ids, eos_id, hparams, device, mask_id, len(vocab), spec["seed"])
@@ -159,8 +161,7 @@ def run_mode(spec: dict[str, Any], channel: Channel) -> None:
         budget=Budget(seconds=limits.seconds, memory_bytes=limits.memory_bytes), hparams=hparams,
         steps_per_epoch=len(stream), train_tokens=int(train_ids.numel()), mask_id=mask_id,
     )
-    with clock.timed():
-        call_entry(FailureKind.RUNTIME_ERROR, "setup", entry.setup, ctx)
+    call_entry(FailureKind.RUNTIME_ERROR, "setup", entry.setup, ctx)
     evaluator = Evaluator(entry, eos_id, len(vocab), device, protocol, spec["seed"], cls.track, mask_id)
 
     def validate(summary: TrainSummary) -> float:

@@ -1,0 +1,7 @@
+from tests.hostile._base import Uniform
+
+
+class Elsewhere(Uniform):
+    def log_probs(self, inputs, state):
+        log_probs, state = super().log_probs(inputs, state)
+        return log_probs.to("meta"), state
