@@ -17,6 +17,7 @@ import os
 import resource
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,11 +211,16 @@ class Cgroup:
                 continue
 
     def remove(self) -> None:
+        """Delete the cgroup once its last (killed) process is gone; give the kernel a moment."""
         for path in {p for p in self.paths.values()}:
-            try:
-                path.rmdir()
-            except OSError:
-                continue
+            for _ in range(20):
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.05)
 
 
 def child_preexec(cgroup: Cgroup | None) -> Callable[[], None]:

@@ -45,6 +45,12 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("shared-cache")
 
 
+@pytest.fixture
+def env(ptb: Path, shared_cache: Path) -> dict[str, str]:
+    """Environment for a `harness` process on the real data, with the shared token cache."""
+    return {"HARNESS_DATA_DIR": str(ptb), "HARNESS_CACHE": str(shared_cache)}
+
+
 @dataclass
 class TinyCorpus:
     folder: Path

@@ -27,10 +27,10 @@ def test_every_baseline_passes_check(name: str, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def project(tmp_path: Path, ptb: Path, shared_cache: Path) -> tuple[Path, dict[str, str]]:
+def project(tmp_path: Path, env: dict[str, str]) -> tuple[Path, dict[str, str]]:
     (tmp_path / "submissions").mkdir()
     shutil.copytree(REPO / "baselines", tmp_path / "baselines")
-    return tmp_path, {"HARNESS_DATA_DIR": str(ptb), "HARNESS_CACHE": str(shared_cache)}
+    return tmp_path, env
 
 
 @pytest.mark.slow

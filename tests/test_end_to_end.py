@@ -21,11 +21,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def env(ptb: Path, shared_cache: Path) -> dict[str, str]:
-    return {"HARNESS_DATA_DIR": str(ptb), "HARNESS_CACHE": str(shared_cache)}
-
-
-@pytest.fixture
 def project(tmp_path: Path) -> Path:
     for folder in ("submissions", "baselines"):
         (tmp_path / folder).mkdir()

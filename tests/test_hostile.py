@@ -57,11 +57,6 @@ EXPECTED = {
 GOOD = ("good_counts", "good_bigram")
 
 
-@pytest.fixture
-def env(ptb: Path, shared_cache: Path) -> dict[str, str]:
-    return {"HARNESS_DATA_DIR": str(ptb), "HARNESS_CACHE": str(shared_cache)}
-
-
 def snapshot(folder: Path) -> dict[str, str]:
     """sha256 of every file outside the harness's own outputs (runs, database, site)."""
     found = {}
