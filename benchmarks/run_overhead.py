@@ -1,7 +1,7 @@
 """Per-run overhead of `harness run` for the small LSTM on CPU.
 
 Starts `harness run` on lstm_small (through a copy that stamps the wall-clock time of its first
-and last train_step) for a few steps, and reads the time the score was stored from the database.
+and last train_step into its run directory) for a few steps, sandboxed as by default, and reads the time the score was stored from the database.
 Prints: process start -> first train_step, and last train_step -> score stored (which includes
 scoring all of valid and test with every check). Targets: under 5 s each.
 
@@ -25,19 +25,18 @@ from harness.store import Store
 
 
 def one_run(steps: int, work: Path) -> tuple[float, float, float]:
-    stamps = work / "stamps.json"
     db = work / "bench.sqlite"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     started = time.time()
     subprocess.run(
         [sys.executable, "-m", "harness.cli", "run", str(REPO / "benchmarks" / "entries" / "stamped_lstm.py"),
-         "--hparam", f"max_steps={steps}", "--hparam", f"stamp_file={stamps}", "--evals", "0",
+         "--hparam", f"max_steps={steps}", "--evals", "0",
          "--db", str(db), "--runs-dir", str(work / "runs")],
         cwd=work, env=env, check=True, capture_output=True,
     )
     finished = time.time()
-    marks = json.loads(stamps.read_text())
     run = Store(db).runs()[-1]
+    marks = json.loads((work / "runs" / str(run.id) / "stamps.json").read_text())  # the child's cwd
     stored = run.ended_at.timestamp()
     return marks["first_step_start"] - started, stored - marks["last_step_end"], finished - stored
 

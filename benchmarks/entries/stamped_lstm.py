@@ -14,6 +14,7 @@ from baselines.lstm_small import LstmSmall, ZarembaSmallHparams
 @dataclass
 class StampedHparams(ZarembaSmallHparams):
     stamp_file: str = "stamps.json"
+    """Relative: lands in the run directory, the child's working directory."""
 
 
 class StampedLstm(LstmSmall):
