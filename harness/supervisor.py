@@ -376,9 +376,7 @@ class _RunTracker:
                     self._handle(child, message)
                 break
             if child.oom_killed():  # the kernel's ceiling hit something in the run's cgroup
-                self._kill(child, RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY,
-                           f"the kernel stopped a process of the run at its {format_bytes(limits.memory_bytes)} "
-                           "memory limit (cgroup)")
+                self._kill(child, RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY, _cgroup_oom(limits))
                 break
             violation = _violation(child)
             if violation:
@@ -445,9 +443,7 @@ class _RunTracker:
         if self.killed:
             return self.record(child, *self.killed)
         if child.oom_killed():
-            return self.record(child, RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY,
-                               f"the kernel stopped the run at its {format_bytes(limits.memory_bytes)} memory "
-                               "limit (cgroup)")
+            return self.record(child, RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY, _cgroup_oom(limits))
         if child.peak_rss > limits.memory_bytes:
             return self.record(child, RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY,
                                f"peak memory {format_bytes(child.peak_rss)} exceeded the "
@@ -499,6 +495,11 @@ def _result_fields(result: dict[str, Any]) -> dict[str, Any]:
         "param_count": result.get("param_count"), "peak_gpu_memory_bytes": result.get("peak_gpu_memory_bytes"),
         "checks": result.get("checks") or {},
     }
+
+
+def _cgroup_oom(limits: RunLimits) -> str:
+    return (f"memory reached the {format_bytes(limits.memory_bytes)} budget: the kernel's memory limit "
+            "(cgroup) stopped the run")
 
 
 def _violation(child: ChildProcess) -> str | None:

@@ -81,8 +81,9 @@ def test_memory_over_budget_is_killed_and_recorded_with_its_peak(project: Path, 
     assert result.code == 1
     run = runs(project)["memory_hog"]
     assert run["status"] == "out_of_memory"
-    assert run["peak_memory_bytes"] >= 2**30
-    assert "over the 1.0 GiB budget" in run["reason"]
+    # Killed by the supervisor's measurement past the budget, or by the kernel's cgroup at it.
+    assert run["peak_memory_bytes"] >= 0.95 * 2**30
+    assert "1.0 GiB budget" in run["reason"]
 
 
 def test_a_crashing_entry_fails_alone_in_run_all(project: Path, env: dict[str, str]) -> None:
