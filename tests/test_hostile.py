@@ -28,7 +28,7 @@ EXPECTED = {
     "missing_method": ("failed", "contract_violation", "log_probs is not defined"),
     "wrong_signature": ("failed", "contract_violation", "train_step must take 2 argument"),
     "setup_raises": ("failed", "runtime_error", "setup raised ValueError: setup cannot find its config"),
-    "step_raises": ("failed", "runtime_error", "train_step (step 3) raised IndexError"),
+    "step_raises": ("failed", "runtime_error", "train_step (step 1) raised IndexError"),
     "nan_loss": ("failed", "non_finite", "non-finite loss"),
     "wrong_shape": ("invalid", "invalid_output", "shape"),
     "wrong_dtype": ("invalid", "invalid_output", "dtype torch.int64"),

@@ -174,3 +174,34 @@ def test_html_and_script_in_entry_data_are_shown_as_text(built: dict[str, Path],
         assert browser.execute_script("return window.pwned === undefined")
         assert HOSTILE_NAME in browser.find_element(By.TAG_NAME, "main").text
         assert not browser.find_elements(By.CSS_SELECTOR, "main img[src=x]")
+
+
+def test_serve_previews_the_site_on_localhost(built: dict[str, Path]) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.conftest import REPO
+
+    process = subprocess.Popen([sys.executable, "-m", "harness.cli", "serve", "--dir", str(built["final"]),
+                                "--port", "0"], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        line = process.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(url + "index.html", timeout=5) as response:
+                    page = response.read().decode()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert "rankings" in page and "Alpha" in page
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -1,9 +1,17 @@
 import time
+from dataclasses import dataclass
 
-from tests.hostile._base import Uniform
+from tests.hostile._base import QuickHparams, Uniform
+
+
+@dataclass
+class EndlessHparams(QuickHparams):
+    max_steps: int | None = None  # only the (frozen) clock could stop it
 
 
 class FrozenTime(Uniform):
+    Hparams = EndlessHparams
+
     def setup(self, ctx):
         super().setup(ctx)
         time.perf_counter = lambda: 0.0  # the training clock never moves...

@@ -6,6 +6,6 @@ class FailsLater(Uniform):
 
     def train_step(self, inputs, targets):
         self.steps += 1
-        if self.steps == 4:
-            raise IndexError("step 3 goes out of range")
+        if self.steps == 2:
+            raise IndexError("the second step goes out of range")
         return 1.0
