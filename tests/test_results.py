@@ -95,3 +95,38 @@ def test_runs_frame_filters(tmp_path: Path) -> None:
     assert list(runs_frame(store, status="failed")["entry"]) == ["a"]
     assert list(runs_frame(store, entry="b")["status"]) == ["ok"]
     assert runs_frame(store, track="mlm").empty
+
+
+def test_results_and_show_commands_in_every_format(tmp_path: Path) -> None:
+    import json
+
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from harness.cli import main
+
+    db = tmp_path / "r.sqlite"
+    store = Store(db)
+    rng = np.random.default_rng(4)
+    for seed in range(2):
+        add_run(store, "a", seed, rng.normal(4.0, 1.0, 100))
+        add_run(store, "b", seed, rng.normal(5.0, 1.0, 100))
+    failed = add_run(store, "c", 0, None, status="failed", failure="runtime_error", reason="setup raised KeyError")
+    runner = CliRunner()
+    table = runner.invoke(main, ["results", "--db", str(db), "--phase", "final"])
+    assert table.exit_code == 0, table.output
+    assert table.output.index(" a ") < table.output.index(" b ") and "setup raised KeyError" in table.output
+    rows = json.loads(runner.invoke(main, ["results", "--db", str(db), "--format", "json"]).output)
+    assert [r["entry"] for r in rows] == ["a", "b"] and rows[0]["seeds"] == 2
+    csv = runner.invoke(main, ["results", "--db", str(db), "--format", "csv", "--entry", "b"]).output
+    assert csv.splitlines()[0].startswith("track,division,split,rank,entry") and len(csv.splitlines()) == 2
+    parquet = tmp_path / "r.parquet"
+    assert runner.invoke(main, ["results", "--db", str(db), "--format", "parquet", "-o", str(parquet)]).exit_code == 0
+    assert list(pd.read_parquet(parquet)["entry"]) == ["a", "b"]
+    assert runner.invoke(main, ["results", "--db", str(db), "--format", "parquet"]).exit_code == 2
+    listed = runner.invoke(main, ["results", "--db", str(db), "--status", "failed"]).output
+    assert " c " in listed and " a " not in listed
+    shown = runner.invoke(main, ["show", str(failed), "--db", str(db)])
+    assert shown.exit_code == 0 and "runtime_error" in shown.output and "setup raised KeyError" in shown.output
+    assert runner.invoke(main, ["show", "999", "--db", str(db)]).exit_code == 3
+    assert runner.invoke(main, ["results", "--db", str(tmp_path / "none.sqlite")]).exit_code == 3
