@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -49,6 +50,17 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def env(ptb: Path, shared_cache: Path) -> dict[str, str]:
     """Environment for a `harness` process on the real data, with the shared token cache."""
     return {"HARNESS_DATA_DIR": str(ptb), "HARNESS_CACHE": str(shared_cache)}
+
+
+def make_project(folder: Path, **entries: Path) -> Path:
+    """A project folder as a user has it: submissions/ with the given entries (name -> file), and
+    baselines/ with the unigram baseline."""
+    for sub in ("submissions", "baselines"):
+        (folder / sub).mkdir(exist_ok=True)
+    shutil.copy(REPO / "baselines" / "unigram.py", folder / "baselines" / "unigram.py")
+    for name, source in entries.items():
+        shutil.copy(source, folder / "submissions" / f"{name}.py")
+    return folder
 
 
 @dataclass

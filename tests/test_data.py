@@ -38,6 +38,13 @@ def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         server.server_close()
 
 
+def publish(corpus: TinyCorpus, folder: Path) -> None:
+    """Put the corpus files where the loopback mirror serves them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for spec in corpus.files.values():
+        (folder / spec.name).write_bytes((corpus.folder / spec.name).read_bytes())
+
+
 def test_real_ptb_vocabulary_and_token_counts(ptb: Path, tmp_path: Path) -> None:
     corpus = load_corpus(DataSource(data_dir=ptb, cache_dir=tmp_path))
     assert corpus.vocab_size == 10_000
@@ -99,8 +106,7 @@ def test_word_outside_train_vocabulary_is_an_error(tmp_path: Path) -> None:
 def test_download_from_loopback_mirror_fills_the_cache(tiny_corpus: TinyCorpus, http_root: tuple[Path, str],
                                                        tmp_path: Path) -> None:
     root, url = http_root
-    for spec in tiny_corpus.files.values():
-        (root / spec.name).write_bytes((tiny_corpus.folder / spec.name).read_bytes())
+    publish(tiny_corpus, root)
     cache = tmp_path / "cache"
     source = DataSource(cache_dir=cache, files=tiny_corpus.files, mirrors=[url])
     corpus = load_corpus(source)
@@ -142,9 +148,7 @@ def test_download_with_wrong_bytes_is_refused_with_both_hashes(tiny_corpus: Tiny
 def test_second_mirror_used_when_first_fails(tiny_corpus: TinyCorpus, http_root: tuple[Path, str],
                                              tmp_path: Path) -> None:
     root, url = http_root
-    (root / "good").mkdir()
-    for spec in tiny_corpus.files.values():
-        (root / "good" / spec.name).write_bytes((tiny_corpus.folder / spec.name).read_bytes())
+    publish(tiny_corpus, root / "good")
     source = DataSource(cache_dir=tmp_path / "cache", files=tiny_corpus.files, mirrors=[url + "missing/", url + "good/"])
     assert load_corpus(source).vocab_size == 9
 
@@ -152,8 +156,7 @@ def test_second_mirror_used_when_first_fails(tiny_corpus: TinyCorpus, http_root:
 def test_corrupt_cached_file_is_replaced_by_a_fresh_download(tiny_corpus: TinyCorpus, http_root: tuple[Path, str],
                                                              tmp_path: Path) -> None:
     root, url = http_root
-    for spec in tiny_corpus.files.values():
-        (root / spec.name).write_bytes((tiny_corpus.folder / spec.name).read_bytes())
+    publish(tiny_corpus, root)
     cache = tmp_path / "cache"
     (cache / "data").mkdir(parents=True)
     (cache / "data" / "tiny.train.txt").write_text("corrupt")

@@ -15,17 +15,14 @@ from pathlib import Path
 import pytest
 
 from harness.store import Store
-from tests.conftest import ENTRIES, REPO, run_cli
+from tests.conftest import ENTRIES, REPO, make_project, run_cli
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    for folder in ("submissions", "baselines"):
-        (tmp_path / folder).mkdir()
-    shutil.copy(REPO / "baselines" / "unigram.py", tmp_path / "baselines" / "unigram.py")
-    return tmp_path
+    return make_project(tmp_path)
 
 
 def runs(project: Path) -> dict[str, dict]:

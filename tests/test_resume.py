@@ -15,19 +15,15 @@ import psutil
 import pytest
 
 from harness.store import Store
-from tests.conftest import ENTRIES, REPO, run_cli
+from tests.conftest import ENTRIES, REPO, make_project, run_cli
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    for folder in ("submissions", "baselines"):
-        (tmp_path / folder).mkdir()
-    shutil.copy(REPO / "baselines" / "unigram.py", tmp_path / "baselines" / "unigram.py")
-    shutil.copy(REPO / "baselines" / "unigram.py", tmp_path / "submissions" / "counts.py")
-    shutil.copy(ENTRIES / "slow_counter.py", tmp_path / "submissions" / "slow_counter.py")
-    return tmp_path
+    return make_project(tmp_path, counts=REPO / "baselines" / "unigram.py",
+                        slow_counter=ENTRIES / "slow_counter.py")
 
 
 def all_runs(project: Path) -> list:
