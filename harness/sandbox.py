@@ -233,12 +233,11 @@ def bwrap_launch(argv: Sequence[str], spec: SandboxSpec, confinement: Confinemen
     private = _private_args(spec, env)
     if os.geteuid() != 0:
         return [bwrap, *namespaces, "--unshare-user", "--disable-userns", "--uid", str(SANDBOX_UID),
-                "--gid", str(SANDBOX_UID), "--cap-drop", "ALL", *_minimal_root(spec, bind_work_dir=False), "--proc", "/proc",
-                "--dev", "/dev", *_gpu_args(spec), *private, "--", *argv]
+                "--gid", str(SANDBOX_UID), "--cap-drop", "ALL", *_minimal_root(spec, bind_work_dir=False),
+                "--proc", "/proc", "--dev", "/dev", *_gpu_args(spec), *private, "--", *argv]
     uid, gid = confinement.host_identity()
     outer = [bwrap, *namespaces, *_minimal_root(spec, bind_work_dir=True), "--proc", "/proc", "--dev", "/dev",
-             *_gpu_args(spec),
-             "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--"]
+             *_gpu_args(spec), "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--"]
     drop = [shutil.which("setpriv") or "setpriv", "--reuid", str(uid), "--regid", str(gid), "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
     # Inner: proc cannot be mounted afresh (the outer one is not fully visible), so it is bound.
@@ -280,7 +279,7 @@ def _minimal_root(spec: SandboxSpec, bind_work_dir: bool) -> list[str]:
             args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
     made = {Path("/"), Path("/usr"), Path("/etc"), *(Path("/") / n for n in TOP_LEVEL_LINKS)}
     for path in _outermost([*_python_paths(), *spec.read_only]):
-        if any(path == m or path.is_relative_to(m) for m in (Path("/usr"), Path("/etc"))):
+        if path.is_relative_to("/usr"):
             continue  # already visible
         args += _ancestors(path, made) + ["--ro-bind", str(path), str(path)]
     if bind_work_dir:
@@ -523,9 +522,16 @@ class Cgroup:
         return sorted(found)
 
     def thread_count(self) -> int:
-        """Threads of all processes in the group right now."""
+        """Threads of the run's processes in the group right now; bwrap's own (single-threaded)
+        processes of the sandbox layers are not the run's and are left out."""
+        bwrap = os.path.realpath(shutil.which("bwrap") or "/usr/bin/bwrap")
         total = 0
         for pid in self.pids():
+            try:
+                if os.path.realpath(f"/proc/{pid}/exe") == bwrap:
+                    continue
+            except OSError:
+                pass  # not ours to inspect: count it
             try:
                 total += len(os.listdir(f"/proc/{pid}/task"))
             except OSError:
