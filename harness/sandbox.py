@@ -109,8 +109,7 @@ def parse_identity(identity: str | None) -> tuple[int, int]:
     user, _, group = text.partition(":")
     try:
         if user.isdigit():
-            uid = int(user)
-            gid = uid if not group else -1
+            uid = gid = int(user)
         else:
             entry = pwd.getpwnam(user)
             uid, gid = entry.pw_uid, entry.pw_gid

@@ -189,6 +189,52 @@ def test_freeze_stops_a_busy_loop_and_thaw_resumes_it(tmp_path: Path, confinemen
     assert all(not path.exists() for path in group.paths.values())
 
 
+def runs_python(group: Cgroup) -> bool:
+    """Whether the sandboxed interpreter itself is up in the group (past the bwrap layers)."""
+    interpreter = os.path.realpath(sys.executable)
+    for pid in group.pids():
+        try:
+            if os.path.realpath(f"/proc/{pid}/exe") == interpreter:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_the_sandboxed_tree_dies_with_the_harness(tmp_path: Path, confinement: Confinement) -> None:
+    """kill -9 of the process that started the sandbox takes every layer and the run with it."""
+    group = new_cgroup("orphan")
+    work = tmp_path / "run"
+    work.mkdir()
+    driver = (
+        "import subprocess, sys, time\nfrom pathlib import Path\n"
+        "from harness.sandbox import Cgroup, Confinement, SandboxSpec, start_sandboxed\n"
+        f"group = Cgroup({ {c: str(p) for c, p in group.paths.items()} !r}, {group.version})\n"
+        "group.paths = {c: Path(p) for c, p in group.paths.items()}\n"
+        f"child = start_sandboxed([sys.executable, '-I', '-c', 'import time; time.sleep(60)'], SandboxSpec(Path("
+        f"{str(work)!r})), Confinement('bwrap', {confinement.identity!r}), group)\n"
+        "print('started', flush=True)\ntime.sleep(60)\n"
+    )
+    harness = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE, text=True)
+    try:
+        assert harness.stdout.readline().strip() == "started"
+        deadline = time.monotonic() + 10
+        while not runs_python(group) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert runs_python(group) and len(group.pids()) >= 3  # bwrap's layers and the sandboxed python
+        harness.kill()
+        harness.wait()
+        deadline = time.monotonic() + 10
+        while group.pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert group.pids() == []
+    finally:
+        harness.kill()
+        harness.wait()
+        group.kill_all()
+        group.remove()
+
+
 def test_the_memory_ceiling_stops_a_run_and_is_reported(tmp_path: Path, confinement: Confinement) -> None:
     group = new_cgroup("memory", memory=96 << 20)
     assert group.limits_memory
