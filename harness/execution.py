@@ -265,14 +265,14 @@ class _Run:
         self.result = RunResult(status=RunStatus.RUNNING)
         self.children: list[_Child] = []
         self.trainer: _Child | None = None
-        self.scorer: _Child | None = None
+        self.scorers: list[_Child] = []
+        self.loaded: dict[int, int] = {}
         self.feed: TrainFeed | None = None
         self.phase = "starting"
         self.last_limits_check = 0.0
         self.last_disk_check = 0.0
         self.last_progress = 0.0
         self.last_loss: float | None = None
-        self.loaded_seq = -1
         self.context = 0
         self.window = spec.protocol.window
         self.mask_id = len(data.vocab) if spec.track == "mlm" else None
@@ -283,7 +283,7 @@ class _Run:
     def execute(self) -> RunResult:
         try:
             self._prepare()
-            self._start_scorer()
+            self._start_scorers()
             self._train()
             self._final_scoring()
             self.result.status = RunStatus.OK
@@ -303,35 +303,52 @@ class _Run:
         self.entry_path = entry_dir / f"{self.spec.entry_name}.py"
         self.entry_path.write_text(self.spec.source, encoding="utf-8")
         os.chmod(self.entry_path, 0o444)
-        for name in ("trainer", "scorer"):
+        for name in ("trainer", "scorer0", "scorer1"):
             work = self.run_dir / name
             if work.exists():
                 shutil.rmtree(work)
             work.mkdir()
         rows = self.spec.protocol.batch_size * max(self.spec.protocol.window + MAX_CONTEXT, 128)
         self.slot_bytes = rows * len(self.data.vocab) * 4
-        self.shm_fd = os.memfd_create("ptb-harness-rows", 0)  # inheritable; sparse until written
-        os.ftruncate(self.shm_fd, SLOTS * self.slot_bytes)
-        self.shm = mmap.mmap(self.shm_fd, SLOTS * self.slot_bytes)
+        self.shm_fds, self.shms = [], []
+        for _ in range(2):  # one shared block per scorer: inheritable, sparse until written
+            fd = os.memfd_create("ptb-harness-rows", 0)
+            os.ftruncate(fd, SLOTS * self.slot_bytes)
+            self.shm_fds.append(fd)
+            self.shms.append(mmap.mmap(fd, SLOTS * self.slot_bytes))
 
     def _child_spec(self, work_dir: Path) -> dict[str, Any]:
         return {"type": "spec", "entry_path": str(self.entry_path), "hparams": self.spec.hparams,
                 "seed": self.spec.seed, "threads": self.spec.threads, "device": self.spec.device,
                 "memory_bytes": self.spec.limits.memory_bytes, "work_dir": str(work_dir)}
 
-    def _start_scorer(self) -> None:
-        """The scorer first: its import and setup are untimed, and it then idles until needed."""
-        self.phase = "starting scorer"
-        work = self.run_dir / "scorer"
+    def _start_scorers(self) -> None:
+        """Two scorers first: their import and setup are untimed, and they then idle until needed.
+        Each scores half the windows and audits the other's, so neither can pass an audit by
+        remembering the window it copies."""
+        self.phase = "starting scorers"
         trainer_work = self.run_dir / "trainer"
-        spec = {**self._child_spec(work), "checkpoint_dir": str(trainer_work), "shm_fd": self.shm_fd,
-                "shm_bytes": SLOTS * self.slot_bytes, "slot_bytes": self.slot_bytes}
-        self.scorer = self._spawn("scorer", "scorer", work, (self.entry_path, trainer_work), (self.shm_fd,), spec)
+        for lane in range(2):
+            work = self.run_dir / f"scorer{lane}"
+            shm = self.shm_fds[lane]
+            spec = {**self._child_spec(work), "checkpoint_dir": str(trainer_work), "shm_fd": shm,
+                    "shm_bytes": SLOTS * self.slot_bytes, "slot_bytes": self.slot_bytes}
+            self.scorers.append(self._spawn(f"scorer {lane + 1}", "scorer", work, (self.entry_path, trainer_work),
+                                            (shm,), spec))
         deadline = time.monotonic() + STARTUP_CAP_SECONDS
-        hparams = self._wait(self.scorer, deadline, {"hparams"}, "the scorer did not start")
-        self.scorer.channel.send(self._context(hparams))
-        ready = self._wait(self.scorer, deadline, {"ready"}, "the scorer did not finish setup")
-        self.context, self.window = ready["eval_context"], min(ready["eval_window"], self.spec.protocol.window)
+        layouts = set()
+        for scorer in self.scorers:
+            hparams = self._wait(scorer, deadline, {"hparams"}, f"the {scorer.name} did not start")
+            scorer.channel.send(self._context(hparams))
+        for scorer in self.scorers:
+            ready = self._wait(scorer, deadline, {"ready"}, f"the {scorer.name} did not finish setup")
+            layouts.add((ready["eval_context"], ready["eval_window"]))
+        if len(layouts) != 1:
+            raise RunEnd(RunStatus.FAILED, FailureKind.CONTRACT_VIOLATION,
+                         f"two scorer processes built from the same checkpoint disagree on (eval_context, "
+                         f"eval_window): {sorted(layouts)}; set them deterministically in setup")
+        (self.context, window), = layouts
+        self.window = min(window, self.spec.protocol.window)
         self.result.context, self.result.window = self.context, self.window
 
     def _spawn(self, name: str, module: str, work: Path, read_only: tuple[Path, ...], fds: tuple[int, ...],
@@ -524,24 +541,31 @@ class _Run:
 
     def _score(self, ids: np.ndarray, split: str, seq: int, deadline: float, why: str,
                protocol: EvalProtocol | None = None) -> SplitScore | MaskedScore:
-        assert self.scorer is not None
-        if self.loaded_seq != seq:
-            self.scorer.channel.send({"type": "load", "seq": seq, "file": f"checkpoint-{seq}.safetensors"})
-            self._wait_seq(self.scorer, deadline, "loaded", seq, why)
-            self.loaded_seq = seq
+        for lane, scorer in enumerate(self.scorers):
+            if self.loaded.get(lane) != seq:
+                scorer.channel.send({"type": "load", "seq": seq, "file": f"checkpoint-{seq}.safetensors"})
+        for lane, scorer in enumerate(self.scorers):
+            if self.loaded.get(lane) != seq:
+                self._wait_seq(scorer, deadline, "loaded", seq, why)
+                self.loaded[lane] = seq
         plan = ScorePass(split, ids, self.data.eos_id, len(self.data.vocab), protocol or self.spec.protocol,
                          self.context, self.window, self.spec.track, self.mask_id)
-        in_flight: deque[tuple[int, Request, int]] = deque()
+        in_flight: list[deque[tuple[int, Request, int]]] = [deque(), deque()]
+        sent = [0, 0]
         for number, request in enumerate(plan.requests):
-            if len(in_flight) == SLOTS:
-                self._collect(plan, in_flight.popleft(), deadline, why)
-            slot = number % SLOTS
-            self.scorer.channel.send({"type": "log_probs", "id": number, "stream": request.stream,
-                                      "fresh": request.fresh, "keep": request.keep,
-                                      "shape": list(request.inputs.shape), "slot": slot}, payload_of(request))
-            in_flight.append((number, request, slot))
-        while in_flight:
-            self._collect(plan, in_flight.popleft(), deadline, why)
+            lane = request.lane
+            if len(in_flight[lane]) == SLOTS:
+                self._collect(plan, lane, in_flight[lane].popleft(), deadline, why)
+            slot = sent[lane] % SLOTS
+            sent[lane] += 1
+            self.scorers[lane].channel.send({"type": "log_probs", "id": number, "stream": request.stream,
+                                             "fresh": request.fresh, "keep": request.keep,
+                                             "shape": list(request.inputs.shape), "slot": slot},
+                                            payload_of(request))
+            in_flight[lane].append((number, request, slot))
+        for lane in range(2):
+            while in_flight[lane]:
+                self._collect(plan, lane, in_flight[lane].popleft(), deadline, why)
         try:
             score = plan.result()
         except ScoreFailure as failure:
@@ -550,17 +574,18 @@ class _Run:
             self.audits[key] += count
         return score
 
-    def _collect(self, plan: ScorePass, flight: tuple[int, Request, int], deadline: float, why: str) -> None:
+    def _collect(self, plan: ScorePass, lane: int, flight: tuple[int, Request, int], deadline: float,
+                 why: str) -> None:
         number, request, slot = flight
-        assert self.scorer is not None
-        answer = self._wait(self.scorer, deadline, {"rows"}, why)
+        scorer = self.scorers[lane]
+        answer = self._wait(scorer, deadline, {"rows"}, why)
         if answer["id"] != number:
             raise RunEnd(RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
-                         f"the scorer answered request {answer['id']} when request {number} was due")
+                         f"the {scorer.name} answered request {answer['id']} when request {number} was due")
         rows, cols = request.inputs.shape
         count = rows * cols * len(self.data.vocab)
         # Copy first, then check the copy: the scorer cannot change what is being checked.
-        block = np.frombuffer(self.shm, dtype=np.float32, count=count, offset=slot * self.slot_bytes).copy()
+        block = np.frombuffer(self.shms[lane], dtype=np.float32, count=count, offset=slot * self.slot_bytes).copy()
         try:
             plan.take(request, torch.from_numpy(block).view(rows, cols, len(self.data.vocab)))
         except ScoreFailure as failure:
@@ -715,8 +740,8 @@ class _Run:
                 pass
         if self.trainer is not None:
             self.result.peak_memory_bytes = max(self.result.peak_memory_bytes, self.trainer.peak)
-        if self.scorer is not None:
-            self.result.scorer_peak_memory_bytes = self.scorer.peak
+        if self.scorers:
+            self.result.scorer_peak_memory_bytes = max(scorer.peak for scorer in self.scorers)
         self.result.log_tail = self._log_tail()
         self.result.isolation = {**self.confinement.as_dict(),
                                  "memory_enforcement": "cgroup" if all(c.cgroup for c in self.children) and self.children
@@ -726,10 +751,10 @@ class _Run:
                                  "note": "; ".join(n for n in [self.confinement.note, *(c.note for c in self.children)] if n),
                                  "cpu_seconds": self.result.cpu_seconds, "max_threads": self.result.max_threads,
                                  "scorer_peak_memory_bytes": self.result.scorer_peak_memory_bytes}
-        if hasattr(self, "shm"):
-            self.shm.close()
-            os.close(self.shm_fd)
-        for name in ("trainer", "scorer"):  # nothing a run wrote survives it
+        for shared, fd in zip(getattr(self, "shms", []), getattr(self, "shm_fds", [])):
+            shared.close()
+            os.close(fd)
+        for name in ("trainer", "scorer0", "scorer1"):  # nothing a run wrote survives it
             shutil.rmtree(self.run_dir / name, ignore_errors=True)
 
     def _log_tail(self) -> str:

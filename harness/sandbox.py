@@ -41,7 +41,7 @@ from pathlib import Path
 from harness.errors import ConfigError
 
 SANDBOX_MODES = ("auto", "bwrap", "none")
-MAX_FILE_BYTES = 256 * 2**20  # no file the child writes may grow past this (RLIMIT_FSIZE)
+MAX_FILE_BYTES = 2**30  # default: no file the child writes may grow past the disk quota (RLIMIT_FSIZE)
 MAX_PROCESSES = 256           # pids.max of the run's cgroup (threads count)
 NOBODY = 65534
 DEFAULT_IDENTITY = "nobody"
@@ -213,7 +213,7 @@ def start_sandboxed(argv: list[str], spec: SandboxSpec, confinement: Confinement
     return subprocess.Popen(
         command, pass_fds=pass_fds, stdin=subprocess.DEVNULL, stdout=stdout,
         stderr=subprocess.STDOUT if stdout is not None else None, start_new_session=True, cwd=work_dir,
-        env=popen_env, preexec_fn=child_preexec(cgroup),
+        env=popen_env, preexec_fn=child_preexec(cgroup, spec.tmp_bytes),
     )
 
 
@@ -333,12 +333,12 @@ def _gpu_args(spec: SandboxSpec) -> list[str]:
     return args
 
 
-def child_preexec(cgroup: Cgroup | None) -> Callable[[], None]:
+def child_preexec(cgroup: Cgroup | None, file_bytes: int = MAX_FILE_BYTES) -> Callable[[], None]:
     """Runs in the child between fork and exec: file-size and core limits, then the cgroup (as the
     harness's user, before bwrap changes anything, so nothing the child starts escapes it)."""
 
     def prepare() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         if cgroup is not None:
             cgroup.join()

@@ -110,6 +110,10 @@ class Request:
     """(group, window) of the scoring window this request is, copies or audits."""
     cut: int = -1
     """For an audit: inputs after this position were changed; positions <= cut are compared."""
+    lane: int = 0
+    """Which of the two scorer processes answers it. Audits and replays of a window always go to the
+    other process than the one that scored it: neither has seen the window it is asked to copy, so
+    no memory of past requests lets a model pass an audit it should fail."""
 
 
 def segment_bounds(targets: np.ndarray, eos_id: int, segment_tokens: int) -> list[tuple[int, int]]:
@@ -134,6 +138,7 @@ class _Group:
     x: np.ndarray
     y: np.ndarray
     offsets: list[int]
+    lane: int = 0
 
 
 class ScorePass:
@@ -149,8 +154,10 @@ class ScorePass:
         self.track, self.mask_id = track, mask_id
         self.audits = {"causality_audits": 0, "replay_probes": 0}
         self._rng = np.random.default_rng(secrets.randbits(64))  # unknowable to the entry
-        self._columns = torch.from_numpy(self._rng.choice(vocab_size, protocol.fingerprint_columns, replace=False))
+        self._columns = torch.from_numpy(self._rng.choice(vocab_size, min(vocab_size, protocol.fingerprint_columns),
+                                                          replace=False))
         self._prints: dict[tuple[str, tuple[int, int]], list[tuple[Request, torch.Tensor]]] = {}
+        self._first_lane = int(self._rng.integers(2))  # groups alternate between the two scorers
         self.groups: list[_Group] = []
         self.requests: list[Request] = []
         if track == "mlm":
@@ -179,11 +186,11 @@ class ScorePass:
                 y[row, :end - start] = targets[start:end]
             offsets = list(range(0, longest, w))
             index = len(self.groups)
-            self.groups.append(_Group(group, x, y, offsets))
+            self.groups.append(_Group(group, x, y, offsets, lane=(index + self._first_lane) % 2))
             stream = _stream_name()
             for k, _ in enumerate(offsets):
-                primary.append(Request(self._window(index, k), stream, fresh=k == 0,
-                                       keep=k < len(offsets) - 1, role="score", ref=(index, k)))
+                primary.append(Request(self._window(index, k), stream, fresh=k == 0, keep=k < len(offsets) - 1,
+                                       role="score", ref=(index, k), lane=self.groups[index].lane))
         self.token_nll = np.zeros(targets.size, dtype=np.float64)
         self.times_scored = np.zeros(targets.size, dtype=np.int32)
         shadows = [self._causal_audit(warm=i > 0) for i in range(p.causality_audits)]
@@ -203,14 +210,16 @@ class ScorePass:
         windows = len(self.groups[group].offsets)
         k = int(self._rng.integers(1, min(3, windows - 1) + 1)) if warm and windows > 1 else 0
         stream = _stream_name()
-        block = [Request(self._window(group, i), stream, fresh=i == 0, keep=True, role="replay", ref=(group, i))
-                 for i in range(k)]
+        lane = 1 - self.groups[group].lane
+        block = [Request(self._window(group, i), stream, fresh=i == 0, keep=True, role="replay", ref=(group, i),
+                         lane=lane) for i in range(k)]
         original = self._window(group, k)
         cut = int(self._rng.integers(0, max(1, original.shape[1] - 1)))
         changed = original.copy()
         shift = self._rng.integers(1, self.vocab_size, size=changed[:, cut + 1:].shape)
         changed[:, cut + 1:] = (changed[:, cut + 1:] + shift) % self.vocab_size
-        block.append(Request(changed, stream, fresh=k == 0, keep=False, role="audit", ref=(group, k), cut=cut))
+        block.append(Request(changed, stream, fresh=k == 0, keep=False, role="audit", ref=(group, k), cut=cut,
+                             lane=lane))
         self.audits["causality_audits"] += 1
         self.audits["replay_probes"] += k
         return block
@@ -218,9 +227,9 @@ class ScorePass:
     def _replay(self) -> list[Request]:
         group = int(self._rng.integers(len(self.groups)))
         self.audits["replay_probes"] += 1
-        if self.track == "mlm":
-            return [Request(self.groups[group].x, _stream_name(), True, False, "replay", (group, 0))]
-        return [Request(self._window(group, 0), _stream_name(), True, False, "replay", (group, 0))]
+        lane = 1 - self.groups[group].lane
+        inputs = self.groups[group].x if self.track == "mlm" else self._window(group, 0)
+        return [Request(inputs, _stream_name(), True, False, "replay", (group, 0), lane=lane)]
 
     def _interleave(self, primary: list[Request], shadows: list[list[Request]], last: list[Request]) -> list[Request]:
         """Shadow blocks at random points of the primary sequence (before or after the window they
@@ -245,8 +254,8 @@ class ScorePass:
             x = inputs[first:first + self.protocol.batch_size].numpy().astype(np.int32)
             y = targets[first:first + self.protocol.batch_size].numpy()
             index = len(self.groups)
-            self.groups.append(_Group([], x, y, [0]))
-            primary.append(Request(x, _stream_name(), True, False, "score", (index, 0)))
+            self.groups.append(_Group([], x, y, [0], lane=(index + self._first_lane) % 2))
+            primary.append(Request(x, _stream_name(), True, False, "score", (index, 0), lane=self.groups[index].lane))
         self.nll_sum, self.correct, self.masked = 0.0, 0, 0
         self.expected_masked = int((targets != IGNORE).sum())
         shadows = [self._replay() for _ in range(max(0, self.protocol.replay_probes - 1))]
@@ -308,7 +317,8 @@ class ScorePass:
 
     def _verify_audits(self) -> None:
         tol = self.protocol.audit_tol
-        for (role, ref), prints in self._prints.items():
+        # Causality audits first: a model that peeks usually also fails a replay, and the audit names why.
+        for (role, ref), prints in sorted(self._prints.items(), key=lambda item: item[0][0] != "audit"):
             if role == "score":
                 continue
             originals = self._prints.get(("score", ref))

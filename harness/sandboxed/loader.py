@@ -47,6 +47,10 @@ def find_entry_class(module: types.ModuleType, path: Path) -> type[Entry]:
     classes = [obj for obj in vars(module).values()
                if inspect.isclass(obj) and issubclass(obj, Entry) and obj is not Entry
                and obj.__module__ == module.__name__]
+    # A module may build its entry on a base class of its own: the entry is the one class nothing derives from.
+    leaves = [c for c in classes if not any(other is not c and issubclass(other, c) for other in classes)]
+    if len(leaves) == 1:
+        return leaves[0]
     if len(classes) != 1:
         found = ", ".join(c.__name__ for c in classes) or "none"
         raise Failure("contract_violation",
@@ -151,9 +155,11 @@ def build_hparams(hparams_cls: type[Hparams], values: dict[str, Any]) -> Hparams
 
 
 def _wants_tuple(annotation: Any) -> bool:
-    args = typing.get_args(annotation)
-    candidates = [a for a in args if a is not type(None)] or [annotation]
-    return any(typing.get_origin(c) is tuple for c in candidates)
+    if typing.get_origin(annotation) is tuple:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(typing.get_origin(member) is tuple for member in typing.get_args(annotation))
+    return False
 
 
 def _check_type(key: str, value: Any, field: dict[str, Any]) -> None:
