@@ -137,7 +137,10 @@ def date_ticks(scale: Scale, most: int = 6) -> list[Tick]:
     ticks, value = [], first
     while value <= high:
         moment = dt.datetime.fromtimestamp(value, dt.timezone.utc)
-        ticks.append(Tick(round(scale(value), 1), moment.strftime("%b %d %H:%M" if with_time else "%Y-%m-%d")))
+        label = moment.strftime("%b %d %H:%M" if with_time else "%Y-%m-%d")
+        half = CHAR_WIDTH * len(label) / 2
+        if LEFT <= scale(value) - half and scale(value) + half <= WIDTH:  # the label fits in the picture
+            ticks.append(Tick(round(scale(value), 1), label))
         value += step
     return ticks
 

@@ -77,7 +77,7 @@ def absolute_data_dir() -> None:
     """
     value = os.environ.get("HARNESS_DATA_DIR")
     if value:
-        os.environ["HARNESS_DATA_DIR"] = str(Path(value).expanduser().absolute())
+        os.environ["HARNESS_DATA_DIR"] = str(Path(value).expanduser().resolve())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -155,6 +155,7 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
                               "seeds": seed_list, "device": chosen_device, "hparams": list(hparams)}}
         reuse = REUSE_NOTHING if force else REUSE_RETRY_FAILED if retry_failed else REUSE_DEFAULT
         store = open_store(db)  # before the data: a database that cannot be written fails in a second
+        _check_writable(store)
         abandoned = store.mark_abandoned()
         if abandoned:
             click.echo(f"marked {abandoned} run(s) left unfinished by a stopped harness as interrupted", err=True)
@@ -201,6 +202,15 @@ def open_store(db: str) -> Store:
             raise StoreError(f"cannot open the results database {redact_url(db)}: the PostgreSQL driver psycopg "
                              "is not installed; install it with pip install -e '.[postgres]'") from exc
         raise
+
+
+def _check_writable(store: Store) -> None:
+    """A write that changes nothing, so a read-only or locked database fails now, not after the data
+    has loaded and a run has trained (SQLite opens a read-only file without complaint)."""
+    from sqlalchemy import text
+
+    with store.session() as session:
+        session.execute(text("UPDATE harness_meta SET value = value WHERE key = 'schema_version'"))
 
 
 def _confinement(mode: str, source: DataSource, db: str) -> Confinement:

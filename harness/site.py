@@ -58,7 +58,7 @@ def _environment(templates: Path) -> jinja2.Environment:
         loader=jinja2.FileSystemLoader(templates / "templates"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
     )
-    env.filters.update(ppl=_ppl, count=_count, params=_params, bytes=format_bytes, seconds=_seconds, date=_date,
+    env.filters.update(ppl=_ppl, count=_count, params=_params, text=_text, bytes=format_bytes, seconds=_seconds, date=_date,
                        number=short_number)
     return env
 
@@ -266,6 +266,11 @@ def _ppl(value: Any) -> str:
 
 def _count(value: Any) -> str:
     return "–" if _missing(value) else short_number(float(value)) if float(value) >= 1000 else f"{float(value):.0f}"
+
+
+def _text(value: Any) -> str:
+    """A text column that may be missing (None, or NaN once it went through pandas): "" then."""
+    return "" if _missing(value) else str(value)
 
 
 def _params(value: Any) -> str:
