@@ -295,7 +295,7 @@ class ProgressView:
 
     def summary(self, outcomes: list[RunOutcome], db: str) -> None:
         ok = sum(outcome.status is RunStatus.OK for outcome in outcomes)
-        click.echo(f"{ok} of {len(outcomes)} run(s) ok; results in {db}", err=True)
+        click.echo(f"{ok} of {len(outcomes)} run(s) ok; results in {redact_url(db)}", err=True)
 
 
 def _outcome_line(event: dict[str, Any]) -> str:
