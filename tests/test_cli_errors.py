@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.store import Run, Store
+from harness.store import Store
 from tests.conftest import REPO, CliResult, make_project, run_cli
 
 
