@@ -27,9 +27,9 @@ from harness.data import DataSource, load_corpus
 from harness.entries import EntrySource, discover, parse_overrides, select, static_metadata
 from harness.errors import ConfigError, EntryError, FailureKind, HarnessError, RunStatus, StoreError, redact_url
 from harness.store import Store
-from harness.sandbox import resolve_mode
+from harness.sandbox import Confinement, resolve_confinement
 from harness.supervisor import (
-    REUSE_DEFAULT, Confinement, REUSE_NOTHING, REUSE_RETRY_FAILED, RunOutcome, RunRequest, Supervisor, run_child_once,
+    REUSE_DEFAULT, REUSE_NOTHING, REUSE_RETRY_FAILED, RunOutcome, RunRequest, Supervisor,
 )
 
 EXIT_RUN_FAILED = 1
@@ -147,8 +147,10 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
         limits = RunLimits(seconds=division.budget if budget is None else budget, memory_bytes=parse_memory(memory or division.memory),
                            evals=competition.evals if evals is None else evals)
         source = DataSource.from_options(data_dir)
-        confinement = _confinement(sandbox, source, db)
-        overrides = _typed_overrides(entries, list(hparams), Path(runs_dir), confinement) if hparams else {}
+        confinement = _confinement(sandbox)
+        if confinement.sandbox == "none" and sandbox == "auto":
+            entries = [_refuse_unsandboxed(entry, confinement) for entry in entries]
+        overrides = _typed_overrides(entries, list(hparams), confinement) if hparams else {}
         seed_list = [seed + i for i in range(seeds or competition.seeds)]
         config = {"competition": competition.as_dict(), "division": division.name,
                   "options": {"budget": limits.seconds, "memory_bytes": limits.memory_bytes, "evals": limits.evals,
@@ -167,7 +169,8 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
                 for run_seed in seed_list:
                     request = RunRequest(entry=entry, hparams=overrides.get(entry.name, {}), seed=run_seed,
                                          device=chosen_device, threads=threads or os.cpu_count() or 1,
-                                         limits=limits, division=division.name, config=config)
+                                         limits=limits, division=division.name, config=config,
+                                         problem=entry.problem)
                     outcome = supervisor.run_or_reuse(request, reuse)
                     if outcome is not None:
                         outcomes.append(outcome)
@@ -213,27 +216,33 @@ def _check_writable(store: Store) -> None:
         session.execute(text("UPDATE harness_meta SET value = value WHERE key = 'schema_version'"))
 
 
-def _confinement(mode: str, source: DataSource, db: str) -> Confinement:
-    """The sandbox for this invocation, and what it hides: the data, the caches, the database."""
-    chosen, note = resolve_mode(mode)
-    if note:
-        click.echo(note, err=True)
-    hidden = [source.cache_dir] + ([source.data_dir] if source.data_dir else [])
-    if "://" not in db:
-        hidden += [Path(db + suffix).resolve() for suffix in ("", "-wal", "-shm", "-journal")]
-    return Confinement(chosen, tuple(hidden), note)
+def _confinement(mode: str) -> Confinement:
+    """The sandbox for this invocation; said out loud when it is weaker than bubblewrap."""
+    confinement = resolve_confinement(mode)
+    if confinement.note:
+        click.echo(f"warning: {confinement.note}" if confinement.sandbox == "none" else confinement.note, err=True)
+    return confinement
 
 
-def _typed_overrides(entries: list[EntrySource], pairs: list[str], work_dir: Path,
-                     confinement: Confinement = Confinement()) -> dict[str, dict[str, Any]]:
-    """Check `--hparam` against each entry's schema (read in a child: importing runs its code)."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    message, log = run_child_once("describe", {"paths": [str(e.path) for e in entries]}, work_dir / "describe",
-                                  confinement=confinement)
-    if not message or message.get("type") != "described_all":
-        raise EntryError(f"could not read the entries' hyper-parameters: {message}\n{log[-2000:]}")
+def _refuse_unsandboxed(entry: EntrySource, confinement: Confinement) -> EntrySource:
+    """Without a working sandbox, `auto` runs baselines only: participant code needs an explicit --sandbox none."""
+    if entry.kind == "baseline" or entry.problem:
+        return entry
+    problem = (f"not run: no working sandbox on this machine ({confinement.note}); install bubblewrap, or pass "
+               "--sandbox none to run participant code unconfined")
+    return EntrySource(entry.name, entry.path, entry.kind, entry.source, entry.source_hash, problem)
+
+
+def _typed_overrides(entries: list[EntrySource], pairs: list[str],
+                     confinement: Confinement) -> dict[str, dict[str, Any]]:
+    """Check `--hparam` against each entry's schema (read in a sandboxed process: importing runs its code)."""
+    from harness.checking import describe_entries
+
+    runnable = [entry for entry in entries if not entry.problem]
+    descriptions = describe_entries(runnable, confinement) if runnable else {}
     typed = {}
-    for entry, description in zip(entries, message["entries"]):
+    for entry in runnable:
+        description = descriptions[entry.name]
         if description["ok"]:
             typed[entry.name] = parse_overrides(pairs, description["schema"], entry.name)
         else:  # it will fail alone when it runs, with its traceback recorded
@@ -311,36 +320,35 @@ def _outcome_line(event: dict[str, Any]) -> str:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @hparam_option
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds before giving up.")
-def check(path: str, hparams: tuple[str, ...], device: str, timeout: float) -> None:
-    """Validate an entry in seconds, without training or data: import, setup, steps and every scoring check."""
-    import tempfile
+@click.option("--timeout", type=click.FloatRange(min=1, max=3600), default=120.0, show_default=True,
+              help="Seconds of training before giving up.")
+@click.option("--sandbox", type=click.Choice(["auto", "bwrap", "none"]), default="auto", show_default=True,
+              help="Isolate the entry with bubblewrap (as a run is).")
+def check(path: str, hparams: tuple[str, ...], device: str, timeout: float, sandbox: str) -> None:
+    """Validate an entry in seconds on synthetic data: the whole life cycle of a run, sandboxed as a run is."""
+    from harness.checking import check_entry
 
-    with _errors_to_exit(), tempfile.TemporaryDirectory(prefix="ptb-harness-check-") as work:
+    with _errors_to_exit():
         entry = EntrySource.read(Path(path), "submission")
-        overrides: dict[str, Any] = {}
-        if hparams:
-            overrides = _typed_overrides([entry], list(hparams), Path(work))[entry.name]
-        spec = {"entry_path": str(entry.path), "hparams": overrides, "seed": 0, "threads": 1,
-                "device": resolve_device(device)}
-        message, log = run_child_once("check", spec, Path(work), timeout=timeout)
-        findings = _findings(message, log)
-        for finding in findings:
+        confinement = _confinement(sandbox)
+        if confinement.sandbox == "none" and sandbox == "auto":
+            raise ConfigError(f"no working sandbox here ({confinement.note}); install bubblewrap, or pass "
+                              "--sandbox none to run this entry's code unconfined")
+        overrides = _typed_overrides([entry], list(hparams), confinement)[entry.name] if hparams else {}
+        _, found = check_entry(entry, overrides, resolve_device(device), confinement, timeout)
+        for finding in found:
             mark = click.style("ok  ", fg="green") if finding["ok"] else click.style("FAIL", fg="red")
             detail = f": {finding['detail']}" if finding.get("detail") else ""
             click.echo(f"{mark} {finding['check']}{detail}")
-        failed = [f for f in findings if not f["ok"]]
+            if not finding["ok"]:
+                for extra in ("traceback", "log"):
+                    if finding.get(extra):
+                        click.echo(finding[extra][-3000:].rstrip(), err=True)
+        failed = [f for f in found if not f["ok"]]
         if failed:
             click.echo(f"{len(failed)} problem(s) found in {path}", err=True)
             sys.exit(EXIT_RUN_FAILED)
         click.echo(f"{path} passes every check")
-
-
-def _findings(message: dict[str, Any] | None, log: str) -> list[dict[str, Any]]:
-    if message and message.get("type") == "checked":
-        return list(message["findings"])
-    reason = (message or {}).get("reason") or "the check process ended without a report"
-    return [{"check": "run", "ok": False, "detail": f"{reason}\n{log[-2000:]}".rstrip()}]
 
 
 @main.command()
