@@ -68,11 +68,27 @@ def check_entry(entry: EntrySource, overrides: dict[str, Any], device: str, conf
     return result, findings(result)
 
 
+_STAGE_OF_FAILURE = {
+    FailureKind.IMPORT_ERROR: "import", FailureKind.CONTRACT_VIOLATION: "contract", FailureKind.NON_FINITE: "training",
+    FailureKind.INVALID_OUTPUT: "scoring", FailureKind.CAUSALITY_VIOLATION: "causality",
+    FailureKind.WEIGHTS_MODIFIED: "replay (weights frozen while scoring)", FailureKind.TIMEOUT: "time",
+    FailureKind.OUT_OF_MEMORY: "memory", FailureKind.SANDBOX_VIOLATION: "sandbox",
+}
+_SCORING_KINDS = {FailureKind.INVALID_OUTPUT, FailureKind.CAUSALITY_VIOLATION, FailureKind.WEIGHTS_MODIFIED}
+
+
 def findings(result: RunResult) -> list[dict[str, Any]]:
     if not result.ok:
-        return [{"check": "life cycle", "ok": False, "kind": result.failure.value if result.failure else "",
-                 "detail": f"[{result.failure.value if result.failure else result.status.value}] {result.reason}",
-                 "traceback": result.traceback or "", "log": result.log_tail}]
+        found = []
+        if result.steps:
+            found.append({"check": "import, contract, hyper-parameters, setup", "ok": True, "detail": ""})
+        if result.failure in _SCORING_KINDS:
+            found.append({"check": "training", "ok": True, "detail": f"{result.steps} steps"})
+        stage = _STAGE_OF_FAILURE.get(result.failure, "run") if result.failure else "run"
+        found.append({"check": stage, "ok": False, "kind": result.failure.value if result.failure else "",
+                      "detail": f"[{result.failure.value if result.failure else result.status.value}] {result.reason}",
+                      "traceback": result.traceback or "", "log": result.log_tail})
+        return found
     curve = ", ".join(f"{point['valid_ppl']:.1f}" for point in result.curve) or "none (training ended first)"
     return [
         {"check": "import, contract, hyper-parameters, setup (trainer and scorer)", "ok": True, "detail": ""},
