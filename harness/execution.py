@@ -126,6 +126,8 @@ class RunResult:
     audits: dict[str, int] = field(default_factory=dict)
     context: int = 0
     window: int = 0
+    pass_seconds: list[dict[str, float]] = field(default_factory=list)
+    """Per validation pass: wall seconds of the whole pass (checkpoint, freeze, load, score, thaw) and of the scoring."""
 
     @property
     def ok(self) -> bool:
@@ -420,9 +422,11 @@ class _Run:
             done = len(self.result.curve)
             if done < passes and self._pass_due(done, pass_times):
                 seq += 1
+                began = time.monotonic()
                 self.trainer.channel.send({"type": "checkpoint", "seq": seq})
                 self._wait_seq(self.trainer, self._training_deadline(), "checkpoint_ready", seq)
                 pending = self._validation_pass(seq, done, passes)
+                self.result.pass_seconds[-1]["total"] = time.monotonic() - began
                 continue
             batch = self.feed.next_batch(request["seq_len"])
             message = {"type": "batch", "shape": list(batch.inputs.shape), "epoch": batch.epoch,
@@ -489,8 +493,11 @@ class _Run:
         self.phase = "validation"
         try:
             deadline = time.monotonic() + self.spec.limits.eval_cap_seconds + self.spec.limits.grace
+            began = time.monotonic()
             score = self._score(self.data.valid, "valid", seq, deadline,
                                 f"a validation pass took over {self.spec.limits.eval_cap_seconds:.0f} s")
+            self.result.pass_seconds.append({"scoring": time.monotonic() - began - self.last_load_seconds,
+                                             "load": self.last_load_seconds})
         finally:
             if frozen:
                 cgroup.thaw()
@@ -547,6 +554,7 @@ class _Run:
 
     def _score(self, ids: np.ndarray, split: str, seq: int, deadline: float, why: str,
                protocol: EvalProtocol | None = None) -> SplitScore | MaskedScore:
+        began = time.monotonic()
         for lane, scorer in enumerate(self.scorers):
             if self.loaded.get(lane) != seq:
                 scorer.channel.send({"type": "load", "seq": seq, "file": f"checkpoint-{seq}.safetensors"})
@@ -554,6 +562,7 @@ class _Run:
             if self.loaded.get(lane) != seq:
                 self._wait_seq(scorer, deadline, "loaded", seq, why)
                 self.loaded[lane] = seq
+        self.last_load_seconds = time.monotonic() - began
         plan = ScorePass(split, ids, self.data.eos_id, len(self.data.vocab), protocol or self.spec.protocol,
                          self.context, self.window, self.spec.track, self.mask_id)
         in_flight: list[deque[tuple[int, Request, int]]] = [deque(), deque()]
