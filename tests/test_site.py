@@ -205,3 +205,11 @@ def test_serve_previews_the_site_on_localhost(built: dict[str, Path]) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_entry_pages_are_unique_and_stable_whatever_the_name() -> None:
+    names = ["kn5", "submissions/kn5", "submissions_kn5", "a b", "a_b", "<x>", "_x_"]
+    files = [entry_filename(name) for name in names]
+    assert len(set(files)) == len(names)
+    assert files == [entry_filename(name) for name in names]
+    assert entry_filename("kn5") == "kn5.html"
