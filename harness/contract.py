@@ -242,6 +242,9 @@ class Entry:
     """C: earlier tokens prepended to each scoring window (stateless models). May be set in setup."""
     eval_window: int = 64
     """W: scored positions per scoring call, 1 to 64 (a Transformer trained on 35 positions may ask for 35)."""
+    validate_every_epoch: ClassVar[bool] = False
+    """True: a validation pass at the end of every epoch but the last (at most 100), instead of the
+    competition's cadence on the clock; frozen, untimed passes all the same."""
 
     hparams: Hparams
     """Set by the harness before `setup`: the defaults with the command line's overrides."""

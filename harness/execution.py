@@ -51,6 +51,7 @@ DEFAULT_DISK_BYTES = 2**30
 MAX_CONTEXT = 1024               # eval_context cap: bounds the shared memory of one block of rows
 SLOTS = 2                        # blocks of rows in flight: the scorer fills one while the supervisor reads the other
 PROGRESS_EVERY_SECONDS = 0.25
+MAX_EPOCH_PASSES = 100         # validation passes of an entry that validates at every epoch end
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -402,9 +403,10 @@ class _Run:
         self.feed = TrainFeed(self.data.train, self.data.eos_id, hparams["batch_size"], hparams["seq_len"],
                               hparams["max_steps"], hparams["max_epochs"], self.mask_id, len(self.data.vocab),
                               self.spec.seed)
-        passes = self._planned_passes()
+        self.epoch_passes = bool(hparams.get("validate_every_epoch")) and not self.spec.eval_at_steps
+        passes = MAX_EPOCH_PASSES if self.epoch_passes else self._planned_passes()
         pass_times = [self.spec.limits.seconds * (k + 1) / (passes + 1) for k in range(passes)]
-        seq, pending = 0, None
+        seq, pending, epoch_closed = 0, None, False
         while True:
             request = self._wait(self.trainer, self._training_deadline(), {"next"}, self._overrun_reason)
             self.last_loss = request["loss"] if request["loss"] is not None else self.last_loss
@@ -415,12 +417,15 @@ class _Run:
                 continue
             if self.feed.at_epoch_end():  # an epoch that ran out is closed before anything else
                 self.trainer.channel.send({"type": "epoch_end", "epoch": self.feed.end_epoch()})
+                epoch_closed = True
                 continue
             stop = self._stop_reason()
             if stop:
                 break
             done = len(self.result.curve)
-            if done < passes and self._pass_due(done, pass_times):
+            due = epoch_closed if self.epoch_passes else self._pass_due(done, pass_times)
+            epoch_closed = False
+            if done < passes and due:
                 seq += 1
                 began = time.monotonic()
                 self.trainer.channel.send({"type": "checkpoint", "seq": seq})
