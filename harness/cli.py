@@ -25,7 +25,7 @@ from harness.config import load_competition
 from harness.data import DataSource, load_corpus
 from harness.entries import EntrySource, discover, parse_overrides, select, static_metadata
 from harness.errors import ConfigError, EntryError, HarnessError, RunStatus, StoreError
-from harness.store import Store
+from harness.store import Store, redact_url
 from harness.sandbox import resolve_mode
 from harness.supervisor import (
     REUSE_DEFAULT, Confinement, REUSE_NOTHING, REUSE_RETRY_FAILED, RunOutcome, RunRequest, Supervisor, run_child_once,
@@ -235,7 +235,7 @@ class ProgressView:
 
     def summary(self, outcomes: list[RunOutcome], db: str) -> None:
         ok = sum(outcome.status is RunStatus.OK for outcome in outcomes)
-        click.echo(f"{ok} of {len(outcomes)} run(s) ok; results in {db}", err=True)
+        click.echo(f"{ok} of {len(outcomes)} run(s) ok; results in {redact_url(db)}", err=True)
 
 
 def _outcome_line(event: dict[str, Any]) -> str:
@@ -336,7 +336,7 @@ def results(db: str, fmt: str, output: str | None, entry: str | None, status: st
     from harness.results import failures, leaderboard, runs_frame
 
     with _errors_to_exit():
-        store = Store(_existing_db(db))
+        store = Store(_existing_db(db), read_only=True)
         chosen_phase = phase or load_competition(config_path).phase
         if list_runs or status:
             frame = runs_frame(store, entry=entry, status=status, track=track, division=division)
@@ -359,7 +359,7 @@ def results(db: str, fmt: str, output: str | None, entry: str | None, status: st
 def site(db: str, out_dir: str, phase: str | None, config_path: str | None, templates: str | None) -> None:
     """Build the static leaderboard site from the results database."""
     with _errors_to_exit():
-        written = _build_site(Store(_existing_db(db)), Path(out_dir), phase, config_path, templates)
+        written = _build_site(Store(_existing_db(db), read_only=True), Path(out_dir), phase, config_path, templates)
         click.echo(f"wrote {len(written)} files to {out_dir}/ (open {Path(out_dir) / 'index.html'})")
 
 
@@ -399,9 +399,9 @@ def show(run_id: int, db: str, with_source: bool) -> None:
     from harness import report
 
     with _errors_to_exit():
-        run = Store(_existing_db(db)).get_run(run_id)
+        run = Store(_existing_db(db), read_only=True).get_run(run_id)
         if run is None:
-            raise EntryError(f"no run {run_id} in {db}; `harness results --runs` lists them")
+            raise EntryError(f"no run {run_id} in {redact_url(db)}; `harness results --runs` lists them")
         click.echo(report.describe_run(run, with_source))
 
 
