@@ -215,9 +215,11 @@ def redact_url(db: str | os.PathLike[str]) -> str:
     except ArgumentError:
         # Not parseable as a URL: hide everything between the scheme's user name and the host.
         return _PASSWORD_IN_URL.sub(r"\1***@", text_)
-    if "password" in url.query:
-        url = url.update_query_dict({"password": "***"})
-    return url.render_as_string(hide_password=True)
+    if "password" not in url.query:
+        return url.render_as_string(hide_password=True)
+    # Rendering would percent-encode a literal ***: put a plain placeholder in, then swap it.
+    rendered = url.update_query_dict({"password": "REDACTED"}).render_as_string(hide_password=True)
+    return rendered.replace("password=REDACTED", "password=***")
 
 
 def _scrub(message: str, url: URL | None) -> str:
