@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy import (
-    JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, create_engine,
+    JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, TypeDecorator, create_engine,
     delete, event, func, inspect, select, text, update,
 )
 from sqlalchemy.engine import Engine, URL, make_url
@@ -56,6 +56,24 @@ POSTGRES_EXTRA = "pip install -e '.[postgres]'"
 _SCHEMA_LOCK = 0x70746268  # "ptbh"
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """A point in time, stored in UTC and read back as an aware UTC datetime on every backend.
+
+    PostgreSQL's timestamptz returns aware datetimes, SQLite returns naive ones: without this the
+    same results read differently (`11:00` against `11:00+00:00`) depending on the database."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        return self.process_bind_param(value, dialect)
 
 
 class Base(DeclarativeBase):
@@ -143,15 +161,15 @@ class Run(Base):
     environment: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     isolation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     """The sandbox and memory enforcement the run had (see harness.sandbox)."""
-    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     runner_host: Mapped[str | None] = mapped_column(String(200))
     runner_pid: Mapped[int | None] = mapped_column(Integer)
     """The host and pid of the driver that claimed the run (the lease holder's process)."""
     # The claim: who holds it and until when (see the module docstring).
     lease_holder: Mapped[str | None] = mapped_column(String(200))
-    lease_expires: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     node: Mapped[str | None] = mapped_column(String(200))
     """Where the run executed (the driver's host for local runs, the cluster node for placed ones)."""
     audits: Mapped[dict[str, Any] | None] = mapped_column(JSON)
