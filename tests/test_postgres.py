@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, inspect, text
 from benchmarks._synthetic import synthetic_database
 from harness.errors import StoreError
 from harness.store import SCHEMA_VERSION, Store
-from tests.conftest import run_cli
+from tests.conftest import make_project, run_cli
 from tests.pg_server import PASSWORD
 from tests.test_store import (
     RUN, assert_big_counts_round_trip, assert_exactly_one_claim_per_key, assert_leases_expire_unless_renewed,
@@ -129,3 +129,17 @@ def test_passwords_never_appear_in_messages(pg_db: str, tmp_path: Path) -> None:
     assert refused.code == 3 and "password authentication failed" in refused.stderr, refused.stderr
     for result in (missing, refused):
         assert PASSWORD not in result.stderr + result.stdout and "Wr0ng-Pa55word" not in result.stderr
+
+
+@pytest.mark.slow
+def test_harness_run_claims_records_and_reuses_in_postgres(pg_db: str, tmp_path: Path, env: dict) -> None:
+    project = make_project(tmp_path)
+    first = run_cli("run", "unigram", "--db", pg_db, "--no-site", cwd=project, env=env)
+    assert first.code == 0, first.stderr
+    again = run_cli("run", "unigram", "--db", pg_db, "--no-site", cwd=project, env=env)
+    assert again.code == 0 and "reused run 1" in again.stderr, again.stderr
+    for result in (first, again):
+        assert PASSWORD not in result.stdout + result.stderr
+    [run] = Store(pg_db, read_only=True).runs()
+    assert run.status == "ok" and round(run.test_ppl, 2) == 639.30 and run.test_tokens == 82_430
+    assert run.lease_holder and run.memory_limit_bytes == 8 * 2**30 and run.ended_at.tzinfo is not None
