@@ -7,10 +7,12 @@ curve points live in `curve_points`. SQLite (the default) and PostgreSQL are sup
 Claims and leases. A run key has at most one `running` row: a partial unique index enforces it,
 and `claim_run` inserts with ON CONFLICT DO NOTHING, so two drivers (on one machine or many) can
 never both run a key. The claiming driver holds a lease on the row (`lease_holder`,
-`lease_expires`) and renews it with `heartbeat` every `heartbeat_seconds` (a quarter of the lease,
-15 s for the default 60 s lease); a driver that crashes stops renewing, and once its lease has
-expired any driver turns the row `interrupted` (`mark_abandoned`, or `claim_run` of that key).
-On the claiming machine itself a dead driver process is recognised at once by its pid.
+`lease_expires`), renewed every `heartbeat_seconds` (a quarter of the lease, 15 s for the default
+60 s lease): by the Store itself from a daemon thread for every run it claimed and has not finished
+(`keep_alive=True`, the default), or by the driver calling `heartbeat` (`keep_alive=False`). A
+driver that crashes stops renewing, and once its lease has expired any driver turns the row
+`interrupted` (`mark_abandoned`, or `claim_run` of that key). On the claiming machine itself a
+dead driver process is recognised at once by its pid.
 
 Reads never block writers: SQLite runs in WAL mode, a writing session takes the write lock when it
 begins (BEGIN IMMEDIATE, so claim checks are atomic), and a read-only store (`read_only=True`:
@@ -27,6 +29,7 @@ import os
 import re
 import socket
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,8 +38,8 @@ from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy import (
-    JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, TypeDecorator, create_engine,
-    delete, event, func, inspect, select, text, update,
+    JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, TypeDecorator,
+    create_engine, delete, event, func, inspect, select, text, update,
 )
 from sqlalchemy.engine import Engine, URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
@@ -271,11 +274,13 @@ class Store:
 
     `read_only=True` opens it for reading only (results, show, site): no write lock is ever taken,
     so a reader cannot make a writer wait or fail. `holder` names this driver in the runs it claims
-    (default: host/pid/random); `lease_seconds` is how long a claim lasts without a heartbeat.
+    (default: host/pid/random); `lease_seconds` is how long a claim lasts without a heartbeat;
+    `keep_alive` renews the leases of this Store's unfinished claims from a daemon thread (turn it
+    off only where the caller heartbeats itself, or to let claims lapse on purpose in tests).
     """
 
     def __init__(self, db: str | os.PathLike[str], read_only: bool = False, holder: str | None = None,
-                 lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+                 lease_seconds: float = DEFAULT_LEASE_SECONDS, keep_alive: bool = True) -> None:
         self.shown = redact_url(db)
         """The database as messages may show it (password masked)."""
         self.read_only = read_only
@@ -285,6 +290,7 @@ class Store:
         self.engine = self._open(self.url, read_only)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._prepare_schema()
+        self._keep_alive = _KeepAlive(self) if keep_alive and not read_only else None
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -364,8 +370,15 @@ class Store:
             )
 
     def close(self) -> None:
-        """Close the pooled connections (a Store is usable again afterwards; it reconnects)."""
+        """Stop renewing leases and close the pooled connections (the Store reconnects if used again;
+        its claims then lapse unless the caller heartbeats them)."""
+        if self._keep_alive is not None:
+            self._keep_alive.stop()
         self.engine.dispose()
+
+    def _hold(self, run_id: int, holder: str | None, lease_seconds: float | None) -> None:
+        if self._keep_alive is not None:
+            self._keep_alive.hold(run_id, holder or self.holder, lease_seconds or self.lease_seconds)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -392,9 +405,11 @@ class Store:
             with self.session() as session:
                 session.add(run)
                 session.flush()
-                return run.id
+                run_id = run.id
         except IntegrityError as exc:
             raise StoreError(f"run key {fields.get('run_key')} is already being run (claim it with claim_run)") from exc
+        self._hold(run_id, holder, lease_seconds)
+        return run_id
 
     def claim_run(self, run_key: str, reuse: frozenset[str], holder: str | None = None,
                   lease_seconds: float | None = None, **fields: Any) -> tuple[str, Run | int]:
@@ -411,6 +426,8 @@ class Store:
             with self.session() as session:
                 decision = self._claim(session, run_key, reuse, holder, lease_seconds, fields)
             if decision is not None:
+                if decision[0] == "new":
+                    self._hold(decision[1], holder, lease_seconds)
                 return decision
         raise StoreError(f"could not claim run key {run_key}: its running row kept changing under the claim")
 
@@ -458,6 +475,9 @@ class Store:
                 setattr(run, key, value)
             if run.status == _RUNNING and run.lease_holder == self.holder:
                 run.heartbeat_at, run.lease_expires = now, now + dt.timedelta(seconds=self.lease_seconds)
+            finished = run.status != _RUNNING
+        if finished and self._keep_alive is not None:
+            self._keep_alive.release(run_id)
 
     def add_curve_point(self, run_id: int, **fields: Any) -> None:
         self._writable()
@@ -482,7 +502,8 @@ class Store:
         running = [Run.status == _RUNNING] + ([Run.run_key == run_key] if run_key is not None else [])
         expired = _interrupt(session, now, _LEASE_EXPIRED, *running, Run.lease_expires.is_not(None),
                              Run.lease_expires < now)
-        local = session.execute(select(Run.id, Run.runner_pid).where(*running, Run.runner_host == socket.gethostname())).all()
+        here = Run.runner_host == socket.gethostname()
+        local = session.execute(select(Run.id, Run.runner_pid).where(*running, here)).all()
         dead = [run_id for run_id, pid in local if not (pid and _pid_alive(pid))]
         return expired + (_interrupt(session, now, _DRIVER_GONE, Run.id.in_(dead)) if dead else 0)
 
@@ -498,6 +519,52 @@ class Store:
     def runs(self) -> list[Run]:
         with self.session() as session:
             return list(session.scalars(select(Run).order_by(Run.id)).all())
+
+
+class _KeepAlive:
+    """Renews the leases of the runs a Store claimed and has not finished, from a daemon thread.
+
+    The thread dies with the process, so the leases of a killed driver lapse on their own. A failed
+    renewal (the database briefly unreachable) is retried at the next beat: a lease spans four."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._held: dict[int, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, run_id: int, holder: str, lease_seconds: float) -> None:
+        with self._lock:
+            self._held[run_id] = (holder, lease_seconds)
+            if self._thread is None or not self._thread.is_alive():
+                self._stopped.clear()
+                self._thread = threading.Thread(target=self._beat, name="harness-lease-keep-alive", daemon=True)
+                self._thread.start()
+
+    def release(self, run_id: int) -> None:
+        with self._lock:
+            self._held.pop(run_id, None)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._lock:
+            self._held.clear()
+
+    def _beat(self) -> None:
+        while True:
+            with self._lock:
+                held = dict(self._held)
+            interval = min([lease for _, lease in held.values()] + [self._store.lease_seconds]) / 4
+            if self._stopped.wait(interval):
+                return
+            for run_id, (holder, lease_seconds) in held.items():
+                try:
+                    still_held = self._store.heartbeat(run_id, holder, lease_seconds)
+                except SQLAlchemyError:
+                    continue
+                if not still_held:  # finished elsewhere, or lost: nothing left to renew
+                    self.release(run_id)
 
 
 def _stored_version(connection: Any, shown: str) -> int | None:

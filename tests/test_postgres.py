@@ -18,7 +18,7 @@ from tests.conftest import make_project, run_cli
 from tests.pg_server import PASSWORD
 from tests.test_store import (
     RUN, assert_big_counts_round_trip, assert_exactly_one_claim_per_key, assert_leases_expire_unless_renewed,
-    claim_race, database_at_version, schema_differences,
+    assert_store_keeps_claims_alive, claim_race, database_at_version, schema_differences,
 )
 
 
@@ -57,8 +57,8 @@ def test_a_version_2_database_with_runs_keeps_them_and_only_its_newest_running_r
     columns = ("entry, entry_kind, entry_path, source_hash, source, track, hparams, hparam_overrides, seed, device, "
                "budget_seconds, memory_limit_bytes, eval_protocol, data_checksums, status, checks, harness_version, "
                "environment, started_at, run_key, test_ppl")
-    values = "'e', 'baseline', '/e.py', 'h', 'src', 'causal', '{}', '{}', 0, 'cpu', 600, 1, '{}', '{}', :status, '{}', " \
-             "'0.1.0', '{}', now(), :key, :ppl"
+    values = ("'e', 'baseline', '/e.py', 'h', 'src', 'causal', '{}', '{}', 0, 'cpu', 600, 1, '{}', '{}', :status, "
+              "'{}', '0.1.0', '{}', now(), :key, :ppl")
     with engine.begin() as connection:
         for status, key, ppl in (("ok", "a", 639.3), ("running", "b", None), ("running", "b", None)):
             connection.execute(text(f"INSERT INTO runs ({columns}) VALUES ({values})"),
@@ -90,6 +90,10 @@ def test_processes_claiming_the_same_keys_at_once_run_each_exactly_once(pg_db: s
 
 def test_an_expired_lease_is_interrupted_and_heartbeats_keep_one_alive(pg_db: str) -> None:
     assert_leases_expire_unless_renewed(pg_db)
+
+
+def test_a_store_keeps_its_own_claims_alive(pg_db: str) -> None:
+    assert_store_keeps_claims_alive(pg_db)
 
 
 def test_a_read_only_store_cannot_write(pg_db: str) -> None:

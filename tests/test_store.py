@@ -205,9 +205,10 @@ def test_an_expired_lease_is_interrupted_and_heartbeats_keep_one_alive(tmp_path:
 
 
 def assert_leases_expire_unless_renewed(db: str | Path) -> None:
-    """Driver A holds two runs (its process stays alive, so only the lease can end them): the one it
-    renews stays running, the other is interrupted by driver B once its lease has expired."""
-    driver_a = Store(db, holder="driver-a", lease_seconds=0.6)
+    """Driver A holds two runs and heartbeats itself (its process stays alive, so only the lease can
+    end them): the one it renews stays running, the other is interrupted by driver B once its lease
+    has expired."""
+    driver_a = Store(db, holder="driver-a", lease_seconds=0.6, keep_alive=False)
     driver_b = Store(db, holder="driver-b")
     _, renewed = driver_a.claim_run("renewed", frozenset({"ok"}), **RUN)
     _, abandoned = driver_a.claim_run("abandoned", frozenset({"ok"}), **RUN)
@@ -226,6 +227,24 @@ def assert_leases_expire_unless_renewed(db: str | Path) -> None:
     time.sleep(0.8)  # A stops renewing: B's claim of the key takes over
     action, taken = driver_b.claim_run("renewed", frozenset({"ok"}), **RUN)
     assert action == "new" and driver_b.get_run(renewed).status == "interrupted"
+
+
+def test_a_store_keeps_its_own_claims_alive_until_they_finish_or_it_closes(tmp_path: Path) -> None:
+    assert_store_keeps_claims_alive(tmp_path / "alive.sqlite")
+
+
+def assert_store_keeps_claims_alive(db: str | Path) -> None:
+    driver = Store(db, holder="driver", lease_seconds=0.6)  # renews from its keep-alive thread
+    other = Store(db, holder="other")
+    _, finished = driver.claim_run("finished", frozenset({"ok"}), **RUN)
+    _, held = driver.claim_run("held", frozenset({"ok"}), **RUN)
+    driver.finish_run(finished, RunStatus.OK)
+    time.sleep(1.8)  # three leases long, no explicit heartbeat
+    assert other.mark_abandoned() == 0
+    assert [other.get_run(i).status for i in (finished, held)] == ["ok", "running"]
+    driver.close()  # as if the driver were gone: nothing renews the claim any more
+    time.sleep(1.0)
+    assert other.mark_abandoned() == 1 and other.get_run(held).status == "interrupted"
 
 
 CLAIMER = """
