@@ -8,10 +8,7 @@ and a submission that takes a reserved or duplicate name fails alone.
 
 from __future__ import annotations
 
-import os
-import secrets
-import tempfile
-import time
+import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +22,7 @@ from harness.data import Corpus
 from harness.entries import EntrySource, static_metadata
 from harness.errors import FailureKind, RunStatus
 from harness.execution import RunData, RunResult, RunSpec, execute_run
-from harness.provenance import hardware_fingerprint, harness_git_commit, run_key
+from harness.provenance import cpu_model, hardware_fingerprint, harness_git_commit, run_key
 from harness.sandbox import Confinement
 from harness.scoring import EvalProtocol, MaskedScore, SplitScore
 from harness.store import Store
@@ -164,7 +161,7 @@ class Supervisor:
         return self.record(run_id, request, result)
 
     def record(self, run_id: int, request: RunRequest, result: RunResult) -> RunOutcome:
-        fields = result_fields(result)
+        fields = result_fields(result, request.device)
         if result.ok:
             self._save_token_nll(run_id, result)
         self.store.finish_run(run_id, result.status, **fields)
@@ -206,7 +203,7 @@ class _LiveEvents:
                 "train_seconds": self.last.get("train_seconds")}
 
 
-def result_fields(result: RunResult) -> dict[str, Any]:
+def result_fields(result: RunResult, device: str = "cpu") -> dict[str, Any]:
     """The store's columns for a finished run."""
     fields: dict[str, Any] = {
         "failure": result.failure.value if result.failure else None, "reason": result.reason,
@@ -215,12 +212,15 @@ def result_fields(result: RunResult) -> dict[str, Any]:
         "steps": result.steps, "epochs": result.epochs, "tokens_trained": result.tokens,
         "train_seconds": result.train_seconds, "stop_reason": result.stop_reason or None,
         "param_count": result.param_count, "checks": {**result.checks, "audits": result.audits},
+        "audits": result.audits or None, "cpu_seconds": result.cpu_seconds, "max_threads": result.max_threads or None,
+        "train_seconds_paused_counted": result.paused_counted, "node": socket.gethostname(),
     }
     if result.hparams:
         fields["hparams"] = result.hparams
     env = result.environment
     if env:
-        fields.update(device_name=_text(env.get("device_name")), torch_version=_text(env.get("torch_version")),
+        # The CPU's name as the supervisor reads it; a GPU's as the trainer reported it.
+        fields.update(device_name=cpu_model() if device == "cpu" else _text(env.get("device_name")), torch_version=_text(env.get("torch_version")),
                       python_version=_text(env.get("python_version")), platform=_text(env.get("platform")),
                       environment={**env, "harness_version": harness.__version__})
     if result.ok:
