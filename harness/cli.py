@@ -123,7 +123,9 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
                            evals=competition.evals if evals is None else evals)
         source = DataSource.from_options(data_dir)
         confinement = _confinement(sandbox, source, db)
-        overrides = _typed_overrides(entries, list(hparams), Path(runs_dir), confinement) if hparams else {}
+        # Pinned hyper-parameters (competition.toml) first, --hparam on top: typed against each schema.
+        pairs = {entry.name: competition.pinned_pairs(entry.name) + list(hparams) for entry in entries}
+        overrides = _typed_overrides(entries, pairs, Path(runs_dir), confinement) if any(pairs.values()) else {}
         seed_list = [seed + i for i in range(seeds or competition.seeds)]
         config = {"competition": competition.as_dict(), "division": division.name,
                   "options": {"budget": limits.seconds, "memory_bytes": limits.memory_bytes, "evals": limits.evals,
@@ -147,7 +149,8 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
                         outcomes.append(outcome)
         view.summary(outcomes, db)
         if run_all and with_site:
-            written = _build_site(store, Path("site"), None, config_path, None)
+            written = _build_site(store, Path("site"), None, config_path, None,
+                                  {entry.name: entry.source_hash for entry in available.values()})
             click.echo(f"site rebuilt: {len(written)} files in site/", err=True)
         if any(outcome.status is not RunStatus.OK for outcome in outcomes):
             sys.exit(EXIT_RUN_FAILED)
@@ -164,7 +167,7 @@ def _confinement(mode: str, source: DataSource, db: str) -> Confinement:
     return Confinement(chosen, tuple(hidden), note)
 
 
-def _typed_overrides(entries: list[EntrySource], pairs: list[str], work_dir: Path,
+def _typed_overrides(entries: list[EntrySource], pairs: dict[str, list[str]], work_dir: Path,
                      confinement: Confinement = Confinement()) -> dict[str, dict[str, Any]]:
     """Check `--hparam` against each entry's schema (read in a child: importing runs its code)."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +178,7 @@ def _typed_overrides(entries: list[EntrySource], pairs: list[str], work_dir: Pat
     typed = {}
     for entry, description in zip(entries, message["entries"]):
         if description["ok"]:
-            typed[entry.name] = parse_overrides(pairs, description["schema"], entry.name)
+            typed[entry.name] = parse_overrides(pairs[entry.name], description["schema"], entry.name)
         else:  # it will fail alone when it runs, with its traceback recorded
             typed[entry.name] = {}
     return typed
@@ -260,7 +263,7 @@ def check(path: str, hparams: tuple[str, ...], device: str, timeout: float) -> N
         entry = EntrySource.read(Path(path), "submission")
         overrides: dict[str, Any] = {}
         if hparams:
-            overrides = _typed_overrides([entry], list(hparams), Path(work))[entry.name]
+            overrides = _typed_overrides([entry], {entry.name: list(hparams)}, Path(work))[entry.name]
         spec = {"entry_path": str(entry.path), "hparams": overrides, "seed": 0, "threads": 1,
                 "device": resolve_device(device)}
         message, log = run_child_once("check", spec, Path(work), timeout=timeout)
@@ -329,24 +332,36 @@ def list_entries(submissions: str, baselines: str, as_json: bool) -> None:
 @click.option("--phase", type=click.Choice(["open", "final"]),
               help="open: rank on validation; final: on test [default: the config's].")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Competition config.")
+@entry_dir_options
 def results(db: str, fmt: str, output: str | None, entry: str | None, status: str | None, track: str | None,
-            division: str | None, list_runs: bool, phase: str | None, config_path: str | None) -> None:
-    """The ranking per track and division (mean and 95% interval over seeds, ties marked), or runs."""
+            division: str | None, list_runs: bool, phase: str | None, config_path: str | None, submissions: str,
+            baselines: str) -> None:
+    """The ranking per track and division (official configurations only, mean and 95% interval over
+    seeds, ties marked, published results in place), or the runs, each official or exploration."""
     from harness import report
-    from harness.results import failures, leaderboard, runs_frame
+    from harness.results import classified_runs, failures, leaderboard, load_references
 
     with _errors_to_exit():
         store = Store(_existing_db(db))
-        chosen_phase = phase or load_competition(config_path).phase
+        competition = load_competition(config_path)
+        chosen_phase = phase or competition.phase
+        sources = _current_sources(submissions, baselines)
         if list_runs or status:
-            frame = runs_frame(store, entry=entry, status=status, track=track, division=division)
+            frame = classified_runs(store, competition, sources, entry=entry, status=status, track=track,
+                                    division=division)
             report.emit_runs(frame, fmt, output)
             return
-        rankings = leaderboard(store, chosen_phase, track=track, division=division)
+        rankings = leaderboard(store, chosen_phase, track=track, division=division, competition=competition,
+                               current_sources=sources, references=load_references())
         if entry:
             for ranking in rankings:
                 ranking.table = ranking.table[ranking.table["entry"] == entry]
-        report.emit_rankings(rankings, failures(store, track), fmt, output, chosen_phase)
+        report.emit_rankings(rankings, failures(store, track, competition, sources), fmt, output, chosen_phase)
+
+
+def _current_sources(submissions: str, baselines: str) -> dict[str, str]:
+    """entry -> source hash of its file on disk (entries no longer on disk fall back to their newest run)."""
+    return {name: entry.source_hash for name, entry in discover(_entry_dirs(submissions, baselines)).items()}
 
 
 @main.command()
@@ -356,20 +371,24 @@ def results(db: str, fmt: str, output: str | None, entry: str | None, status: st
 @click.option("--phase", type=click.Choice(["open", "final"]), help="[default: the config's]")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Competition config.")
 @click.option("--templates", type=click.Path(file_okay=False), help="Folder with templates/ and static/.")
-def site(db: str, out_dir: str, phase: str | None, config_path: str | None, templates: str | None) -> None:
+@entry_dir_options
+def site(db: str, out_dir: str, phase: str | None, config_path: str | None, templates: str | None,
+         submissions: str, baselines: str) -> None:
     """Build the static leaderboard site from the results database."""
     with _errors_to_exit():
-        written = _build_site(Store(_existing_db(db)), Path(out_dir), phase, config_path, templates)
+        written = _build_site(Store(_existing_db(db)), Path(out_dir), phase, config_path, templates,
+                              _current_sources(submissions, baselines))
         click.echo(f"wrote {len(written)} files to {out_dir}/ (open {Path(out_dir) / 'index.html'})")
 
 
 def _build_site(store: Store, out_dir: Path, phase: str | None, config_path: str | None,
-                templates: str | None) -> list[Path]:
+                templates: str | None, current_sources: dict[str, str] | None = None) -> list[Path]:
     from harness.site import LEADERBOARD_DIR, SiteOptions, build_site
 
     competition = load_competition(config_path)
     options = SiteOptions(out_dir=out_dir, phase=phase or competition.phase, competition_name=competition.name,
-                          templates=Path(templates) if templates else LEADERBOARD_DIR)
+                          templates=Path(templates) if templates else LEADERBOARD_DIR, competition=competition,
+                          current_sources=current_sources)
     return build_site(store, options)
 
 
@@ -394,15 +413,22 @@ def serve(folder: str, port: int) -> None:
 @click.argument("run_id", type=int)
 @click.option("--db", default="harness.sqlite", show_default=True, envvar="HARNESS_DB", help="Results database.")
 @click.option("--source", "with_source", is_flag=True, help="Print the entry's source code too.")
-def show(run_id: int, db: str, with_source: bool) -> None:
-    """Everything about one run: config, environment, curve, checks, error and log tail."""
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Competition config.")
+@entry_dir_options
+def show(run_id: int, db: str, with_source: bool, config_path: str | None, submissions: str, baselines: str) -> None:
+    """Everything about one run: official or exploration, config, environment, curve, checks, error, log tail."""
     from harness import report
+    from harness.results import classified_runs
 
     with _errors_to_exit():
-        run = Store(_existing_db(db)).get_run(run_id)
+        store = Store(_existing_db(db))
+        run = store.get_run(run_id)
         if run is None:
             raise EntryError(f"no run {run_id} in {db}; `harness results --runs` lists them")
-        click.echo(report.describe_run(run, with_source))
+        runs = classified_runs(store, load_competition(config_path), _current_sources(submissions, baselines),
+                               entry=run.entry)
+        standing = runs[runs["id"] == run_id].iloc[0].to_dict()
+        click.echo(report.describe_run(run, with_source, standing))
 
 
 def _existing_db(db: str) -> str:
