@@ -55,48 +55,53 @@ RUN_COLUMNS = [
     "device", "device_name", "seed", "status", "failure", "reason", "valid_ppl", "valid_tokens", "test_ppl",
     "test_tokens", "valid_accuracy", "test_accuracy", "param_count", "tokens_trained", "train_seconds",
     "peak_memory_bytes", "steps", "epochs", "budget_seconds", "memory_limit_bytes", "hparam_overrides",
-    "started_at", "ended_at", "run_key", "hardware", "harness_version", "data_checksums", "eval_protocol", "config",
+    "started_at", "ended_at", "run_key", "hardware", "harness_version", "data_checksums", "eval_protocol",
 ]
+CLASSIFY_COLUMNS = ["id", "entry", "division", "seed", "status", "ended_at", "source_hash", "hparam_overrides",
+                    "budget_seconds", "memory_limit_bytes", "evals", "device", "hardware", "data_checksums",
+                    "eval_protocol", "harness_version"]
 # Stored columns read only to rebuild the configuration digest; too bulky to print per run.
-DIGEST_ONLY_COLUMNS = ["data_checksums", "eval_protocol", "config"]
+DIGEST_ONLY_COLUMNS = ["data_checksums", "eval_protocol"]
 
 
-def runs_frame(store: Store, *, entry: str | None = None, status: str | None = None,
+def runs_frame(store: Store, *, entry: str | list[str] | None = None, status: str | None = None,
                track: str | None = None, division: str | None = None) -> pd.DataFrame:
     """One row per run (without sources and per-sentence arrays), filtered, oldest first.
 
     Adds `evals` (the validation cadence, from the stored run config), and for runs in flight
     their `phase` (starting, training or scoring) and `elapsed_seconds` since they started.
     """
-    query = select(*[getattr(Run, c) for c in RUN_COLUMNS]).order_by(Run.id)
-    for column, value in (("entry", entry), ("status", status), ("track", track), ("division", division)):
-        if value is not None:
-            query = query.where(getattr(Run, column) == value)
+    # The validation cadence `harness run` records in the run's config (read in SQL: the config is bulky).
+    evals = Run.config[("options", "evals")].as_float().label("evals")
+    query = select(*[getattr(Run, c) for c in RUN_COLUMNS], evals).order_by(Run.id)
+    query = _filtered(query, entry=entry, status=status, track=track, division=division)
     with store.session() as session:
         rows = session.execute(query).all()
-    frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
-    frame["evals"] = [_stored_evals(config) for config in frame["config"]]
-    frame["phase"] = [_phase(r) for r in frame.to_dict("records")]
+    frame = pd.DataFrame(rows, columns=RUN_COLUMNS + ["evals"])
+    frame["evals"] = [None if _missing(value) else int(value) for value in frame["evals"]]
+    frame["phase"] = [_phase(*values) for values in zip(frame["status"], frame["train_seconds"], frame["display_name"])]
     now = dt.datetime.now(dt.timezone.utc)
-    frame["elapsed_seconds"] = [(now - _utc(r["started_at"])).total_seconds() if r["phase"] else None
-                                for r in frame.to_dict("records")]
+    frame["elapsed_seconds"] = [(now - _utc(started)).total_seconds() if phase else None
+                                for phase, started in zip(frame["phase"], frame["started_at"])]
     return frame
 
 
-def _stored_evals(config: Any) -> int | None:
-    """The validation passes a run was started with (`harness run` records them in its config)."""
-    options = (config or {}).get("options") if isinstance(config, dict) else None
-    evals = (options or {}).get("evals")
-    return int(evals) if isinstance(evals, (int, float)) else None
+def _filtered(query: Any, **filters: str | list[str] | None) -> Any:
+    for column, value in filters.items():
+        if isinstance(value, list):
+            query = query.where(getattr(Run, column).in_(value))
+        elif value is not None:
+            query = query.where(getattr(Run, column) == value)
+    return query
 
 
-def _phase(row: dict[str, Any]) -> str | None:
+def _phase(status: str, train_seconds: Any, display_name: Any) -> str | None:
     """Where a run in flight is, from what it has recorded so far (None once it has ended)."""
-    if row["status"] != RunStatus.RUNNING.value:
+    if status != RunStatus.RUNNING.value:
         return None
-    if not _missing(row["train_seconds"]):
+    if not _missing(train_seconds):
         return "scoring"      # training_done recorded its training time
-    return "training" if row["display_name"] is not None else "starting"  # described: imported and built
+    return "training" if display_name is not None else "starting"  # described: imported and built
 
 
 def _utc(value: Any) -> dt.datetime:
@@ -151,52 +156,64 @@ def classify_runs(frame: pd.DataFrame, competition: Competition | None = None,
     """
     competition = competition or Competition()
     frame = frame.copy()
-    frame["config_digest"] = [configuration_digest(**configuration_parts(r)) for r in frame.to_dict("records")]
-    frame["configuration"], frame["differs"], frame["counted"] = EXPLORATION, "", False
-    if frame.empty:
-        return frame
-    sources = {**frame.sort_values("id").groupby("entry")["source_hash"].last().to_dict(), **(current_sources or {})}
-    for (entry, division), group in frame.groupby([frame["entry"], frame["division"].fillna("-")], sort=False):
-        official = official_config(competition, str(division), str(entry), sources[entry])
+    # Plain Python from here (a pandas write per run is far slower), on the columns it needs.
+    records = frame[CLASSIFY_COLUMNS].to_dict("records")
+    for record in records:
+        record["config_digest"] = configuration_digest(**configuration_parts(record))
+    newest = {r["entry"]: r for r in sorted(records, key=lambda r: r["id"])}
+    sources = {**{entry: r["source_hash"] for entry, r in newest.items()}, **(current_sources or {})}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        record.update(configuration=EXPLORATION, differs="", counted=False)
+        groups.setdefault((record["entry"], record["division"] or "-"), []).append(record)
+    for (entry, division), group in groups.items():
+        official = official_config(competition, division, entry, sources[entry])
         if official is None:
-            frame.loc[group.index, "differs"] = f"division {division} is not in {competition.source}"
-            continue
-        _classify_group(frame, group, official)
+            for record in group:
+                record["differs"] = f"division {division} is not in {competition.source}"
+        else:
+            _classify_group(group, official)
+    for column in ("config_digest", "configuration", "differs", "counted"):
+        frame[column] = pd.Series([r[column] for r in records], index=frame.index, dtype=bool if column == "counted" else object)
     return frame
 
 
-def _classify_group(frame: pd.DataFrame, group: pd.DataFrame, official: OfficialConfig) -> None:
+def _classify_group(group: list[dict[str, Any]], official: OfficialConfig) -> None:
     """Mark the runs of one entry in one division official, counted or exploration (in place)."""
-    records = group.to_dict("records")
-    differences = {index: _setting_differences(r, official) for index, r in zip(group.index, records)}
-    candidates = [(index, r) for index, r in zip(group.index, records) if not differences[index]]
+    differences = {id(r): _setting_differences(r, official) for r in group}
+    candidates = [r for r in group if not differences[id(r)]]
     if candidates:
         # Runs of the official settings on other hardware, data or harness versions: the newest decides.
-        newest = max(candidates, key=lambda item: item[1]["id"])[1]
-        for index, r in candidates:
+        newest = max(candidates, key=lambda r: r["id"])
+        for r in candidates:
             if r["config_digest"] != newest["config_digest"]:
-                differences[index] = _environment_differences(configuration_parts(r), configuration_parts(newest))
-        same = group[group["config_digest"] == newest["config_digest"]]
+                differences[id(r)] = _environment_differences(configuration_parts(r), configuration_parts(newest))
+        same = [r for r in group if r["config_digest"] == newest["config_digest"]]
         counted = _latest_result_per_seed(same)
-        for index, r in same.iterrows():
-            if r["id"] in counted.values():
-                frame.loc[index, ["configuration", "counted"]] = [OFFICIAL, True]
+        for r in same:
+            if counted.get(r["seed"]) == r["id"]:
+                r.update(configuration=OFFICIAL, counted=True)
             elif r["status"] == RunStatus.RUNNING.value:
-                frame.loc[index, "configuration"] = OFFICIAL
+                r["configuration"] = OFFICIAL
             elif r["status"] == RunStatus.INTERRUPTED.value:
-                differences[index] = ["interrupted before it finished: not a result"]
+                differences[id(r)] = ["interrupted before it finished: not a result"]
             else:
-                differences[index] = [f"seed {r['seed']} rerun: run {counted[r['seed']]} counts"]
-    for index, found in differences.items():
-        frame.loc[index, "differs"] = "; ".join(found)
+                differences[id(r)] = [f"seed {r['seed']} rerun: run {counted[r['seed']]} counts"]
+    for r in group:
+        r["differs"] = "; ".join(differences[id(r)])
 
 
-def _latest_result_per_seed(runs: pd.DataFrame) -> dict[int, int]:
+def _latest_result_per_seed(runs: list[dict[str, Any]]) -> dict[int, int]:
     """seed -> id of its latest finished result (a forced rerun replaces the earlier one)."""
-    finished = runs[runs["status"].isin(RESULT_STATUSES)]
-    ordered = finished.assign(_ended=pd.to_datetime(finished["ended_at"], utc=True)).sort_values(
-        ["_ended", "id"], na_position="first")
-    return {int(seed): int(run_id) for seed, run_id in ordered.groupby("seed")["id"].last().items()}
+    latest: dict[int, dict[str, Any]] = {}
+    for r in sorted((r for r in runs if r["status"] in RESULT_STATUSES), key=_finish_order):
+        latest[r["seed"]] = r
+    return {seed: r["id"] for seed, r in latest.items()}
+
+
+def _finish_order(run: dict[str, Any]) -> tuple[float, int]:
+    ended = run["ended_at"]
+    return (-math.inf if _missing(ended) else _utc(ended).timestamp(), run["id"])
 
 
 def _setting_differences(row: dict[str, Any], official: OfficialConfig) -> list[str]:
@@ -255,10 +272,15 @@ def classified_runs(store: Store, competition: Competition | None = None,
                     division: str | None = None) -> pd.DataFrame:
     """`runs_frame` with the official/exploration columns; filters apply after classifying.
 
-    (An entry's current source is its newest run's across every division, so only the entry
-    filter may narrow what is read.)
+    (An entry's current source is its newest run's across every division, so every run of an
+    entry is read and classified: those of the entries that have a run passing the filters.)
     """
-    frame = classify_runs(runs_frame(store, entry=entry), competition, current_sources)
+    entries: str | list[str] | None = entry
+    if entry is None and (status, track, division) != (None, None, None):
+        query = _filtered(select(Run.entry).distinct(), status=status, track=track, division=division)
+        with store.session() as session:
+            entries = list(session.scalars(query).all())
+    frame = classify_runs(runs_frame(store, entry=entries), competition, current_sources)
     for column, value in (("status", status), ("track", track), ("division", division)):
         if value is not None:
             frame = frame[frame[column] == value]
@@ -279,16 +301,6 @@ def mean_interval(values: np.ndarray) -> tuple[float, float, float, float]:
         return mean, 0.0, mean, mean
     low, high = stats.t.interval(CONFIDENCE, values.size - 1, loc=mean, scale=stats.sem(values))
     return mean, std, float(low), float(high)
-
-
-def perplexity_interval(perplexities: np.ndarray) -> tuple[float, float, float]:
-    """exp(mean NLL) over seeds and the exp of its 95% t-interval on the NLL (NaN bounds for one seed).
-
-    Perplexity is exp(mean NLL per token), so the seeds' NLLs (not their perplexities) are what
-    is averaged; the bounds, being exponentials, are positive and bracket the score.
-    """
-    mean, _, low, high = mean_interval(np.log(np.asarray(perplexities, dtype=float)))
-    return math.exp(mean), math.exp(low), math.exp(high)
 
 
 @lru_cache(maxsize=4)
@@ -379,20 +391,20 @@ def _aggregate(group: pd.DataFrame, split: str) -> pd.DataFrame:
                    "valid_accuracy", "test_accuracy"):
         table[column] = by_entry[column].mean()
     for name in ("valid", "test"):
-        scores = by_entry[f"{name}_ppl"].agg(lambda values: _score(values.dropna().to_numpy()))
-        table[f"{name}_ppl"] = [s[0] for s in scores]
-        table[f"{name}_ci_low"], table[f"{name}_ci_high"] = [s[1] for s in scores], [s[2] for s in scores]
+        # Perplexity is exp(mean NLL per token): average the seeds' NLLs, and put the t-interval on
+        # them; its exponential bounds are positive and bracket the score. One seed: no interval.
+        nll = np.log(ordered[f"{name}_ppl"].astype(float)).groupby(ordered["entry"], sort=False)
+        mean, std, count = nll.mean(), nll.std(ddof=1), nll.count()
+        half = stats.t.ppf(0.5 + CONFIDENCE / 2, (count - 1).clip(lower=1)) * std / np.sqrt(count)
+        half = half.where(count >= 2)
+        table[f"{name}_ppl"] = np.exp(mean)
+        table[f"{name}_ci_low"], table[f"{name}_ci_high"] = np.exp(mean - half), np.exp(mean + half)
         table[f"{name}_std"] = by_entry[f"{name}_ppl"].std(ddof=1)  # of the seeds' perplexities, for reading
     table = table.reset_index().sort_values([f"{split}_ppl", "entry"], kind="stable").reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
     table["p_better_than_next"] = np.nan
     table["tied_with_above"] = False
     return table
-
-
-def _score(perplexities: np.ndarray) -> tuple[float, float, float]:
-    nan = float("nan")
-    return perplexity_interval(perplexities) if perplexities.size else (nan, nan, nan)
 
 
 def sentence_nll_by_run(store: Store, run_ids: list[int], split: str) -> dict[int, np.ndarray]:

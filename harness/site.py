@@ -103,15 +103,16 @@ def _render(env: jinja2.Environment, template: str, path: Path, **context: Any) 
 
 
 def _ranking_view(ranking: Ranking) -> dict[str, Any]:
-    """Ranked entries and published results in score order; a reference sorts (by rank) just after the entry above it."""
+    """Ranked entries and published results in score order; sorting by rank keeps a reference after the entry above it."""
     split = ranking.split
     rows = []
-    rank_above = 0
-    for r in ranking.with_references().to_dict("records"):
+    merged = ranking.with_references()
+    rank_above, since = 0, 0  # the rank of the entry above, the references since it
+    for r in merged.to_dict("records"):
         reference = r["row_type"] == REFERENCE
-        rank_above = rank_above if reference else int(r["rank"])
+        rank_above, since = (rank_above, since + 1) if reference else (int(r["rank"]), 0)
         rows.append({**r, "reference": reference, "rank": None if reference else int(r["rank"]),
-                     "sort_rank": rank_above + 0.5 if reference else rank_above,
+                     "sort_rank": rank_above + since / (len(merged) + 1),
                      "page": "entries/" + entry_filename(r["entry"]), "score": r[f"{split}_ppl"],
                      "ci_low": r[f"{split}_ci_low"], "ci_high": r[f"{split}_ci_high"],
                      "accuracy": r[f"{split}_accuracy"]})
@@ -132,8 +133,9 @@ def _entry_page(env: jinja2.Environment, store: Store, entry: str, standing: pd.
                 common: dict[str, Any]) -> Path:
     """Every run of the entry, each marked official or exploration with what differs."""
     runs = _entry_runs(store, entry)
-    latest = runs[-1]
     by_id = standing.set_index("id")
+    counted = [run for run in runs if by_id.loc[run.id, "counted"]]
+    latest = (counted or runs)[-1]  # the heading and source describe the ranked configuration where there is one
     views = [_run_view(run, common["phase"], by_id.loc[run.id].to_dict()) for run in runs]
     ok_runs = [run for run in runs if run.status == RunStatus.OK.value and run.curve]
     curves = [

@@ -15,7 +15,7 @@ from harness.entries import EntrySource
 from harness.provenance import configuration_digest
 from harness.results import (
     bootstrap_weights, classified_runs, configuration_parts, failures, leaderboard, load_references, mean_interval,
-    pairwise, perplexity_interval, prob_better, runs_frame,
+    pairwise, prob_better, runs_frame,
 )
 from harness.store import Store
 from harness.supervisor import RunRequest
@@ -101,6 +101,10 @@ def test_runs_frame_filters(tmp_path: Path) -> None:
     assert list(runs_frame(store, status="failed")["entry"]) == ["a"]
     assert list(runs_frame(store, entry="b")["status"]) == ["ok"]
     assert runs_frame(store, track="mlm").empty
+    unrecorded = add_run(store, "c", 0, np.ones(10), config=None)  # a run whose cadence nobody recorded
+    runs = classified_runs(store).set_index("id")
+    assert runs.loc[unrecorded, "differs"] == "evals not recorded (official 10)"
+    assert list(runs["configuration"]) == ["official", "official", "exploration"]
 
 
 def test_results_and_show_commands_in_every_format(tmp_path: Path) -> None:
@@ -231,21 +235,26 @@ def test_several_differences_a_changed_source_and_pinned_hyper_parameters(tmp_pa
 
 
 def test_the_interval_is_computed_on_nll_and_shown_as_perplexity(tmp_path: Path) -> None:
-    perplexities = np.array([100.0, 300.0, 120.0])
-    score, low, high = perplexity_interval(perplexities)
+    store = Store(tmp_path / "r.sqlite")
+    perplexities = [100.0, 300.0, 120.0]
+    for seed, ppl in enumerate(perplexities):
+        record(store, request(tmp_path, seed=seed), ppl)
+    record(store, request(tmp_path, source="x = 2\n", seed=0), 130.0)  # another entry version, one seed
+    (ranking,) = leaderboard(store)
+    assert ranking.table.empty is False and list(ranking.table["seeds"]) == [1]  # the new source alone
+    assert np.isnan(ranking.table.loc[0, "valid_ci_low"]) and np.isnan(ranking.table.loc[0, "valid_ci_high"])
+
+    store = Store(tmp_path / "three.sqlite")
+    for seed, ppl in enumerate(perplexities):
+        record(store, request(tmp_path, seed=seed), ppl)
+    row = leaderboard(store)[0].table.iloc[0]
     nll = np.log(perplexities)
     expected = stats.t.interval(0.95, 2, loc=nll.mean(), scale=stats.sem(nll))
-    assert score == pytest.approx(np.exp(nll.mean()))
-    assert (low, high) == pytest.approx(np.exp(expected))
-    assert 0 < low < score < high  # on perplexities directly this interval would reach below zero
-    assert np.isnan(perplexity_interval(np.array([130.0]))[1])
-
-    store = Store(tmp_path / "r.sqlite")
-    for seed, ppl in enumerate(perplexities):
-        record(store, request(tmp_path, seed=seed), float(ppl))
-    (ranking,) = leaderboard(store)
-    row = ranking.table.iloc[0]
-    assert (row["valid_ppl"], row["valid_ci_low"], row["valid_ci_high"]) == pytest.approx((score, low, high))
+    assert row["valid_ppl"] == pytest.approx(np.exp(nll.mean()))
+    assert (row["valid_ci_low"], row["valid_ci_high"]) == pytest.approx(np.exp(expected))
+    assert 0 < row["valid_ci_low"] < row["valid_ppl"] < row["valid_ci_high"]
+    on_perplexities = stats.t.interval(0.95, 2, loc=np.mean(perplexities), scale=stats.sem(perplexities))
+    assert on_perplexities[0] < 0  # what the old interval said for these seeds
 
 
 def test_a_failed_official_seed_is_listed_and_a_failed_exploration_run_is_not(tmp_path: Path) -> None:
