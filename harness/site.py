@@ -87,8 +87,9 @@ def build_site(store: Store, options: SiteOptions) -> list[Path]:
                 best_chart=_history_chart(frame, common["split"]), **common),
         _render(env, "charts.html", out / "charts.html", root="", charts=_tradeoff_charts(rankings), **common),
     ]
+    standing = {r["id"]: r for r in runs[["id", "configuration", "differs", "counted", "config_digest"]].to_dict("records")}
     for entry in sorted(runs["entry"].unique()) if not runs.empty else []:
-        written.append(_entry_page(env, store, entry, runs[runs["entry"] == entry], out, common))
+        written.append(_entry_page(env, store, entry, standing, out, common))
     written += _machine_files(rankings, failed, out, options.phase)
     written += _static(options.templates, out)
     return written
@@ -129,14 +130,13 @@ def _failure_rows(failed: pd.DataFrame) -> list[dict[str, Any]]:
 # --- Entry pages --------------------------------------------------------------------------------
 
 
-def _entry_page(env: jinja2.Environment, store: Store, entry: str, standing: pd.DataFrame, out: Path,
+def _entry_page(env: jinja2.Environment, store: Store, entry: str, standing: dict[int, dict[str, Any]], out: Path,
                 common: dict[str, Any]) -> Path:
-    """Every run of the entry, each marked official or exploration with what differs."""
+    """Every run of the entry, each marked official or exploration with what differs (`standing`: by run id)."""
     runs = _entry_runs(store, entry)
-    by_id = standing.set_index("id")
-    counted = [run for run in runs if by_id.loc[run.id, "counted"]]
+    counted = [run for run in runs if standing[run.id]["counted"]]
     latest = (counted or runs)[-1]  # the heading and source describe the ranked configuration where there is one
-    views = [_run_view(run, common["phase"], by_id.loc[run.id].to_dict()) for run in runs]
+    views = [_run_view(run, common["phase"], standing[run.id]) for run in runs]
     ok_runs = [run for run in runs if run.status == RunStatus.OK.value and run.curve]
     curves = [
         line_chart("Validation perplexity against training time", "training seconds", "valid perplexity",
