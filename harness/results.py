@@ -165,12 +165,14 @@ def classify_runs(frame: pd.DataFrame, competition: Competition | None = None,
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for record in records:
         record.update(configuration=EXPLORATION, differs="", counted=False)
-        groups.setdefault((record["entry"], record["division"] or "-"), []).append(record)
+        division = "-" if _missing(record["division"]) else str(record["division"])
+        groups.setdefault((record["entry"], division), []).append(record)
     for (entry, division), group in groups.items():
         official = official_config(competition, division, entry, sources[entry])
         if official is None:
+            missing = "no division recorded" if division == "-" else f"division {division} is not in {competition.source}"
             for record in group:
-                record["differs"] = f"division {division} is not in {competition.source}"
+                record["differs"] = missing
         else:
             _classify_group(group, official)
     for column in ("config_digest", "configuration", "differs", "counted"):

@@ -105,6 +105,8 @@ def test_runs_frame_filters(tmp_path: Path) -> None:
     runs = classified_runs(store).set_index("id")
     assert runs.loc[unrecorded, "differs"] == "evals not recorded (official 10)"
     assert list(runs["configuration"]) == ["official", "official", "exploration"]
+    old = add_run(store, "d", 0, np.ones(10), division=None)  # written before runs recorded their division
+    assert classified_runs(store).set_index("id").loc[old, "differs"] == "no division recorded"
 
 
 def test_results_and_show_commands_in_every_format(tmp_path: Path) -> None:
