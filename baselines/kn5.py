@@ -163,6 +163,16 @@ class KneserNey5(Entry):
         alpha = (counts - d[np.minimum(counts, 3)]) / totals[history_of_entry]
         return OrderTable(keys[starts], gamma, row_start, words, alpha)
 
+    # --- Checkpoints: the scorer gets the estimated tables, not the raw counts ---------------
+
+    def state_dict(self) -> dict[str, Any]:
+        tables = [{name: getattr(table, name) for name in OrderTable.__dataclass_fields__} for table in self.tables]
+        return {"unigram": self.unigram, "tables": tables}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.unigram = state["unigram"]
+        self.tables = [OrderTable(**table) for table in state["tables"]]
+
     # --- Scoring ---------------------------------------------------------------------------
 
     def log_probs(self, inputs: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:

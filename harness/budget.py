@@ -1,13 +1,10 @@
-"""Budgets: parsing them, the training clock, and measuring a process tree's memory."""
+"""Budgets: parsing them, and measuring a process tree's memory."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psutil
@@ -77,49 +74,6 @@ class RunLimits:
     @property
     def kill_after_seconds(self) -> float:
         return self.seconds + self.grace
-
-
-class TrainClock:
-    """Wall-clock training time: from `start()` on, minus the time spent inside `paused()`.
-
-    Everything the child does while the clock runs counts (the entry's code and the harness's
-    own loop around it), which is also what the supervisor measures from outside.
-    """
-
-    def __init__(self, budget_seconds: float, synchronize: bool = False) -> None:
-        self.budget_seconds = budget_seconds
-        self._synchronize = synchronize
-        self._started: float | None = None
-        self._paused_total = 0.0
-
-    def start(self) -> None:
-        if self._started is None:
-            self._started = time.perf_counter()
-
-    @contextmanager
-    def paused(self) -> Iterator[None]:
-        self._sync()  # work queued before the pause belongs to training
-        began = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._paused_total += time.perf_counter() - began
-
-    def _sync(self) -> None:
-        if self._synchronize:  # CUDA work is asynchronous: count it where it runs
-            import torch
-
-            torch.cuda.synchronize()
-
-    @property
-    def elapsed(self) -> float:
-        if self._started is None:
-            return 0.0
-        return time.perf_counter() - self._started - self._paused_total
-
-    @property
-    def spent(self) -> bool:
-        return self.elapsed >= self.budget_seconds
 
 
 def tree_rss(pid: int) -> int:

@@ -8,6 +8,7 @@ options; 3 the harness could not work (data, database, entries); 130 interrupted
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -24,11 +25,11 @@ from harness.budget import RunLimits, format_bytes, parse_memory
 from harness.config import load_competition
 from harness.data import DataSource, load_corpus
 from harness.entries import EntrySource, discover, parse_overrides, select, static_metadata
-from harness.errors import ConfigError, EntryError, HarnessError, RunStatus, StoreError
+from harness.errors import ConfigError, EntryError, FailureKind, HarnessError, RunStatus, StoreError, redact_url
 from harness.store import Store
-from harness.sandbox import resolve_mode
+from harness.sandbox import Confinement, resolve_confinement
 from harness.supervisor import (
-    REUSE_DEFAULT, Confinement, REUSE_NOTHING, REUSE_RETRY_FAILED, RunOutcome, RunRequest, Supervisor, run_child_once,
+    REUSE_DEFAULT, REUSE_NOTHING, REUSE_RETRY_FAILED, RunOutcome, RunRequest, Supervisor,
 )
 
 EXIT_RUN_FAILED = 1
@@ -61,16 +62,35 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def positive_seconds(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+    """--budget: a positive, finite number of seconds (0, negative, inf and nan are refused)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a positive number of seconds, got {value}")
+    return value
+
+
+def absolute_data_dir() -> None:
+    """Make a relative HARNESS_DATA_DIR absolute against the folder the command was started in.
+
+    Done once, at entry, before anything changes directory or starts a child with this environment.
+    (`--data-dir` is resolved by click at parse time, which is the same moment.)
+    """
+    value = os.environ.get("HARNESS_DATA_DIR")
+    if value:
+        os.environ["HARNESS_DATA_DIR"] = str(Path(value).expanduser().resolve())
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(harness.__version__, prog_name="harness")
 def main() -> None:
     """ptb-harness: train and score Penn Treebank language models under enforced budgets."""
+    absolute_data_dir()
 
 
 @main.command()
 @click.argument("names", nargs=-1)
 @click.option("--all", "run_all", is_flag=True, help="Run every entry in submissions/ and baselines/.")
-@click.option("--budget", type=float, metavar="SECONDS",
+@click.option("--budget", type=float, metavar="SECONDS", callback=positive_seconds,
               help="Training time budget [default: the division's; 600 on cpu, 300 on cuda].")
 @click.option("--memory", help="Peak memory budget, e.g. 8GiB [default: the division's].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -84,7 +104,8 @@ def main() -> None:
 @click.option("--retry-failed", is_flag=True, help="Run again failed, timed-out and out-of-memory results.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Competition config [default: ./competition.toml if present].")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with ptb.*.txt [env: HARNESS_DATA_DIR].")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=str, resolve_path=True),
+              help="Folder with ptb.*.txt, remembered in the cache once verified [env: HARNESS_DATA_DIR].")
 @click.option("--db", default="harness.sqlite", show_default=True, envvar="HARNESS_DB",
               help="Results database: a SQLite path or a SQLAlchemy URL [env: HARNESS_DB].")
 @click.option("--runs-dir", default=".harness/runs", show_default=True, type=click.Path(file_okay=False),
@@ -119,23 +140,30 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
         entries = list(available.values()) if run_all else select(list(names), available)
         if not entries:
             raise EntryError(f"no entries found in {submissions}/ or {baselines}/; create one with `harness new NAME`")
-        limits = RunLimits(seconds=budget or division.budget, memory_bytes=parse_memory(memory or division.memory),
+        entries = _in_competition_tracks(entries, competition.tracks)
+        if not entries:
+            raise EntryError(f"none of the entries is in the competition's tracks ({', '.join(competition.tracks)}); "
+                             f"see `tracks` in {competition.source}")
+        limits = RunLimits(seconds=division.budget if budget is None else budget, memory_bytes=parse_memory(memory or division.memory),
                            evals=competition.evals if evals is None else evals)
         source = DataSource.from_options(data_dir)
-        confinement = _confinement(sandbox, source, db)
+        confinement = _confinement(sandbox)
+        if confinement.sandbox == "none" and sandbox == "auto":
+            entries = [_refuse_unsandboxed(entry, confinement) for entry in entries]
         # Pinned hyper-parameters (competition.toml) first, --hparam on top: typed against each schema.
         pairs = {entry.name: competition.pinned_pairs(entry.name) + list(hparams) for entry in entries}
-        overrides = _typed_overrides(entries, pairs, Path(runs_dir), confinement) if any(pairs.values()) else {}
+        overrides = _typed_overrides(entries, pairs, confinement) if any(pairs.values()) else {}
         seed_list = [seed + i for i in range(seeds or competition.seeds)]
         config = {"competition": competition.as_dict(), "division": division.name,
                   "options": {"budget": limits.seconds, "memory_bytes": limits.memory_bytes, "evals": limits.evals,
                               "seeds": seed_list, "device": chosen_device, "hparams": list(hparams)}}
         reuse = REUSE_NOTHING if force else REUSE_RETRY_FAILED if retry_failed else REUSE_DEFAULT
-        corpus = load_corpus(source)
-        store = Store(db)
+        store = open_store(db)  # before the data: a database that cannot be written fails in a second
+        _check_writable(store)
         abandoned = store.mark_abandoned()
         if abandoned:
             click.echo(f"marked {abandoned} run(s) left unfinished by a stopped harness as interrupted", err=True)
+        corpus = load_corpus(source)
         view = ProgressView(as_json)
         outcomes: list[RunOutcome] = []
         with Supervisor(store, corpus, Path(runs_dir), on_event=view.on_event, confinement=confinement) as supervisor:
@@ -143,7 +171,8 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
                 for run_seed in seed_list:
                     request = RunRequest(entry=entry, hparams=overrides.get(entry.name, {}), seed=run_seed,
                                          device=chosen_device, threads=threads or os.cpu_count() or 1,
-                                         limits=limits, division=division.name, config=config)
+                                         limits=limits, division=division.name, config=config,
+                                         problem=entry.problem)
                     outcome = supervisor.run_or_reuse(request, reuse)
                     if outcome is not None:
                         outcomes.append(outcome)
@@ -156,27 +185,67 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
             sys.exit(EXIT_RUN_FAILED)
 
 
-def _confinement(mode: str, source: DataSource, db: str) -> Confinement:
-    """The sandbox for this invocation, and what it hides: the data, the caches, the database."""
-    chosen, note = resolve_mode(mode)
-    if note:
-        click.echo(note, err=True)
-    hidden = [source.cache_dir] + ([source.data_dir] if source.data_dir else [])
-    if "://" not in db:
-        hidden += [Path(db + suffix).resolve() for suffix in ("", "-wal", "-shm", "-journal")]
-    return Confinement(chosen, tuple(hidden), note)
+def _in_competition_tracks(entries: list[EntrySource], tracks: tuple[str, ...]) -> list[EntrySource]:
+    """The entries whose track the competition config lists; says which were left out and why."""
+    kept = []
+    for entry in entries:
+        track = static_metadata(entry)["track"]
+        if track in tracks:
+            kept.append(entry)
+        else:
+            click.echo(f"skipped {entry.name}: its track {track!r} is not in the competition's tracks "
+                       f"({', '.join(tracks)})", err=True)
+    return kept
 
 
-def _typed_overrides(entries: list[EntrySource], pairs: dict[str, list[str]], work_dir: Path,
-                     confinement: Confinement = Confinement()) -> dict[str, dict[str, Any]]:
-    """Check `--hparam` against each entry's schema (read in a child: importing runs its code)."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    message, log = run_child_once("describe", {"paths": [str(e.path) for e in entries]}, work_dir / "describe",
-                                  confinement=confinement)
-    if not message or message.get("type") != "described_all":
-        raise EntryError(f"could not read the entries' hyper-parameters: {message}\n{log[-2000:]}")
+def open_store(db: str) -> Store:
+    """The results database; a missing optional driver is named with the extra that installs it."""
+    try:
+        return Store(db)
+    except StoreError as exc:
+        missing = exc.__cause__ if isinstance(exc.__cause__, ImportError) else None
+        if missing is not None and "psycopg" in str(missing):
+            raise StoreError(f"cannot open the results database {redact_url(db)}: the PostgreSQL driver psycopg "
+                             "is not installed; install it with pip install -e '.[postgres]'") from exc
+        raise
+
+
+def _check_writable(store: Store) -> None:
+    """A write that changes nothing, so a read-only or locked database fails now, not after the data
+    has loaded and a run has trained (SQLite opens a read-only file without complaint)."""
+    from sqlalchemy import text
+
+    with store.session() as session:
+        session.execute(text("UPDATE harness_meta SET value = value WHERE key = 'schema_version'"))
+
+
+def _confinement(mode: str) -> Confinement:
+    """The sandbox for this invocation; said out loud when it is weaker than bubblewrap."""
+    confinement = resolve_confinement(mode)
+    if confinement.note:
+        click.echo(f"warning: {confinement.note}" if confinement.sandbox == "none" else confinement.note, err=True)
+    return confinement
+
+
+def _refuse_unsandboxed(entry: EntrySource, confinement: Confinement) -> EntrySource:
+    """Without a working sandbox, `auto` runs baselines only: participant code needs an explicit --sandbox none."""
+    if entry.kind == "baseline" or entry.problem:
+        return entry
+    problem = (f"not run: no working sandbox on this machine ({confinement.note}); install bubblewrap, or pass "
+               "--sandbox none to run participant code unconfined")
+    return EntrySource(entry.name, entry.path, entry.kind, entry.source, entry.source_hash, problem)
+
+
+def _typed_overrides(entries: list[EntrySource], pairs: dict[str, list[str]],
+                     confinement: Confinement) -> dict[str, dict[str, Any]]:
+    """Check `--hparam` against each entry's schema (read in a sandboxed process: importing runs its code)."""
+    from harness.checking import describe_entries
+
+    runnable = [entry for entry in entries if not entry.problem]
+    descriptions = describe_entries(runnable, confinement) if runnable else {}
     typed = {}
-    for entry, description in zip(entries, message["entries"]):
+    for entry in runnable:
+        description = descriptions[entry.name]
         if description["ok"]:
             typed[entry.name] = parse_overrides(pairs[entry.name], description["schema"], entry.name)
         else:  # it will fail alone when it runs, with its traceback recorded
@@ -238,7 +307,7 @@ class ProgressView:
 
     def summary(self, outcomes: list[RunOutcome], db: str) -> None:
         ok = sum(outcome.status is RunStatus.OK for outcome in outcomes)
-        click.echo(f"{ok} of {len(outcomes)} run(s) ok; results in {db}", err=True)
+        click.echo(f"{ok} of {len(outcomes)} run(s) ok; results in {redact_url(db)}", err=True)
 
 
 def _outcome_line(event: dict[str, Any]) -> str:
@@ -254,36 +323,35 @@ def _outcome_line(event: dict[str, Any]) -> str:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @hparam_option
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds before giving up.")
-def check(path: str, hparams: tuple[str, ...], device: str, timeout: float) -> None:
-    """Validate an entry in seconds, without training or data: import, setup, steps and every scoring check."""
-    import tempfile
+@click.option("--timeout", type=click.FloatRange(min=1, max=3600), default=120.0, show_default=True,
+              help="Seconds of training before giving up.")
+@click.option("--sandbox", type=click.Choice(["auto", "bwrap", "none"]), default="auto", show_default=True,
+              help="Isolate the entry with bubblewrap (as a run is).")
+def check(path: str, hparams: tuple[str, ...], device: str, timeout: float, sandbox: str) -> None:
+    """Validate an entry in seconds on synthetic data: the whole life cycle of a run, sandboxed as a run is."""
+    from harness.checking import check_entry
 
-    with _errors_to_exit(), tempfile.TemporaryDirectory(prefix="ptb-harness-check-") as work:
+    with _errors_to_exit():
         entry = EntrySource.read(Path(path), "submission")
-        overrides: dict[str, Any] = {}
-        if hparams:
-            overrides = _typed_overrides([entry], {entry.name: list(hparams)}, Path(work))[entry.name]
-        spec = {"entry_path": str(entry.path), "hparams": overrides, "seed": 0, "threads": 1,
-                "device": resolve_device(device)}
-        message, log = run_child_once("check", spec, Path(work), timeout=timeout)
-        findings = _findings(message, log)
-        for finding in findings:
+        confinement = _confinement(sandbox)
+        if confinement.sandbox == "none" and sandbox == "auto":
+            raise ConfigError(f"no working sandbox here ({confinement.note}); install bubblewrap, or pass "
+                              "--sandbox none to run this entry's code unconfined")
+        overrides = _typed_overrides([entry], {entry.name: list(hparams)}, confinement)[entry.name] if hparams else {}
+        _, found = check_entry(entry, overrides, resolve_device(device), confinement, timeout)
+        for finding in found:
             mark = click.style("ok  ", fg="green") if finding["ok"] else click.style("FAIL", fg="red")
             detail = f": {finding['detail']}" if finding.get("detail") else ""
             click.echo(f"{mark} {finding['check']}{detail}")
-        failed = [f for f in findings if not f["ok"]]
+            if not finding["ok"]:
+                for extra in ("traceback", "log"):
+                    if finding.get(extra):
+                        click.echo(finding[extra][-3000:].rstrip(), err=True)
+        failed = [f for f in found if not f["ok"]]
         if failed:
             click.echo(f"{len(failed)} problem(s) found in {path}", err=True)
             sys.exit(EXIT_RUN_FAILED)
         click.echo(f"{path} passes every check")
-
-
-def _findings(message: dict[str, Any] | None, log: str) -> list[dict[str, Any]]:
-    if message and message.get("type") == "checked":
-        return list(message["findings"])
-    reason = (message or {}).get("reason") or "the check process ended without a report"
-    return [{"check": "run", "ok": False, "detail": f"{reason}\n{log[-2000:]}".rstrip()}]
 
 
 @main.command()
@@ -342,7 +410,7 @@ def results(db: str, fmt: str, output: str | None, entry: str | None, status: st
     from harness.results import classified_runs, failures, leaderboard, load_references
 
     with _errors_to_exit():
-        store = Store(_existing_db(db))
+        store = open_store(_existing_db(db))
         competition = load_competition(config_path)
         chosen_phase = phase or competition.phase
         sources = _current_sources(submissions, baselines)
@@ -351,8 +419,10 @@ def results(db: str, fmt: str, output: str | None, entry: str | None, status: st
                                     division=division)
             report.emit_runs(frame, fmt, output)
             return
-        rankings = leaderboard(store, chosen_phase, track=track, division=division, competition=competition,
-                               current_sources=sources, references=load_references())
+        rankings = [ranking for ranking in leaderboard(store, chosen_phase, track=track, division=division,
+                                                       competition=competition, current_sources=sources,
+                                                       references=load_references())
+                    if ranking.track in competition.tracks]
         if entry:
             for ranking in rankings:
                 ranking.table = ranking.table[ranking.table["entry"] == entry]
@@ -376,7 +446,7 @@ def site(db: str, out_dir: str, phase: str | None, config_path: str | None, temp
          submissions: str, baselines: str) -> None:
     """Build the static leaderboard site from the results database."""
     with _errors_to_exit():
-        written = _build_site(Store(_existing_db(db)), Path(out_dir), phase, config_path, templates,
+        written = _build_site(open_store(_existing_db(db)), Path(out_dir), phase, config_path, templates,
                               _current_sources(submissions, baselines))
         click.echo(f"wrote {len(written)} files to {out_dir}/ (open {Path(out_dir) / 'index.html'})")
 
@@ -387,26 +457,37 @@ def _build_site(store: Store, out_dir: Path, phase: str | None, config_path: str
 
     competition = load_competition(config_path)
     options = SiteOptions(out_dir=out_dir, phase=phase or competition.phase, competition_name=competition.name,
-                          templates=Path(templates) if templates else LEADERBOARD_DIR, competition=competition,
-                          current_sources=current_sources)
+                          templates=Path(templates) if templates else LEADERBOARD_DIR, tracks=competition.tracks,
+                          competition=competition, current_sources=current_sources)
     return build_site(store, options)
 
 
 @main.command()
 @click.option("--dir", "folder", default="site", show_default=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port on 127.0.0.1 (0: any free port).")
 def serve(folder: str, port: int) -> None:
     """Preview the built site on http://127.0.0.1:PORT (localhost only)."""
     import functools
     import http.server
 
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=folder)
-    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
+    with _errors_to_exit():
+        try:
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        except OSError as exc:
+            raise ServeError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror or exc}; "
+                             "another program holds the port: pick another with --port (0 for any free one)") from exc
+    with server:
         click.echo(f"serving {folder}/ on http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C to stop)")
         try:
             server.serve_forever()
         except KeyboardInterrupt:
             click.echo("stopped")
+
+
+class ServeError(HarnessError):
+    """`harness serve` could not listen (the port is taken or not allowed)."""
 
 
 @main.command()
@@ -421,7 +502,7 @@ def show(run_id: int, db: str, with_source: bool, config_path: str | None, submi
     from harness.results import classified_runs
 
     with _errors_to_exit():
-        store = Store(_existing_db(db))
+        store = open_store(_existing_db(db))
         run = store.get_run(run_id)
         if run is None:
             raise EntryError(f"no run {run_id} in {db}; `harness results --runs` lists them")
@@ -429,6 +510,52 @@ def show(run_id: int, db: str, with_source: bool, config_path: str | None, submi
                                entry=run.entry)
         standing = runs[runs["id"] == run_id].iloc[0].to_dict()
         click.echo(report.describe_run(run, with_source, standing))
+
+
+@main.command()
+@click.argument("run_id", type=int)
+@click.option("--reason", required=True, help="Why the run is disqualified; shown on the site and in results.")
+@click.option("--db", default="harness.sqlite", show_default=True, envvar="HARNESS_DB", help="Results database.")
+def disqualify(run_id: int, reason: str, db: str) -> None:
+    """Mark run RUN_ID invalid (an organiser's decision), with a reason kept in the database.
+
+    The run leaves the rankings; its entry is listed under "Not ranked" with the kind
+    `disqualified` and the reason. The run's scores stay recorded.
+    """
+    with _errors_to_exit():
+        if not reason.strip():
+            raise ConfigError("--reason must say why the run is disqualified")
+        store = open_store(_existing_db(db))
+        if store.get_run(run_id) is None:
+            raise EntryError(f"no run {run_id} in {redact_url(db)}; `harness results --runs` lists them")
+        kind = FailureKind.DISQUALIFIED
+        store.update_run(run_id, status=kind.status.value, failure=kind.value,
+                         reason=f"disqualified by the organiser: {reason.strip()}")
+        click.echo(f"run {run_id} disqualified: {reason.strip()}")
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=str, resolve_path=True),
+              help="Folder with ptb.*.txt [env: HARNESS_DATA_DIR; default: the cache].")
+@click.option("--db", default="harness.sqlite", show_default=True, envvar="HARNESS_DB", help="Results database.")
+def doctor(data_dir: str | None, db: str) -> None:
+    """Check what running the competition needs here: sandbox, cgroups, data, database, extras, GPU.
+
+    Each line says ok or what is missing and what to do; exit 0 when everything needed is there.
+    """
+    from harness.doctor import diagnose
+
+    with _errors_to_exit():
+        findings = diagnose(DataSource.from_options(data_dir), db)
+        for finding in findings:
+            mark = {"ok": click.style("ok     ", fg="green"), "missing": click.style("MISSING", fg="red"),
+                    "optional": click.style("--     ", fg="yellow")}[finding.state]
+            click.echo(f"{mark} {finding.name}: {redact_url(finding.detail)}")
+        needed = [f for f in findings if f.state == "missing"]
+        if needed:
+            click.echo(f"{len(needed)} thing(s) needed are missing; see the lines marked MISSING", err=True)
+            sys.exit(EXIT_RUN_FAILED)
+        click.echo("everything needed is here", err=True)
 
 
 def _existing_db(db: str) -> str:
@@ -444,13 +571,34 @@ class _errors_to_exit:
         return None
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        if isinstance(exc, HarnessError):
-            click.echo(f"error: {exc}", err=True)
+        from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+        if isinstance(exc, StoreError) and isinstance(exc.__cause__, SQLAlchemyError):
+            click.echo(f"error: {_database_problem(str(exc))}", err=True)  # one line, not SQLAlchemy's SQL dump
             sys.exit(exc.exit_code)
+        if isinstance(exc, HarnessError):
+            click.echo(f"error: {redact_url(str(exc))}", err=True)
+            sys.exit(exc.exit_code)
+        if isinstance(exc, OperationalError):  # raised mid-command: read-only, locked, gone away
+            detail = str(exc.orig or exc)
+            click.echo(f"error: {_database_problem('the results database failed: ' + detail)}", err=True)
+            sys.exit(StoreError.exit_code)
         if isinstance(exc, KeyboardInterrupt):
             click.echo("\ninterrupted: the run in progress was recorded as interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
         return False
+
+
+def _database_problem(message: str) -> str:
+    """The first line of a database failure, with what to do for the common ones."""
+    line = message.strip().splitlines()[0] if message.strip() else "unknown database error"
+    hint = ""
+    if "readonly" in line or "read-only" in line or "unable to open database file" in line:
+        hint = "; the database file or its folder is read-only (SQLite writes beside the file): " \
+               "make both writable or pass another --db"
+    elif "locked" in line:
+        hint = "; another process holds a write lock on it: wait for it to finish or pass another --db"
+    return redact_url(line + hint)
 
 
 if __name__ == "__main__":

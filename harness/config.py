@@ -8,7 +8,7 @@ value of the wrong type is an error that names the key.
     phase = "open"        # open: only validation scores are public; final: test scores revealed
     seeds = 1             # runs per entry, seeds 0 .. seeds - 1
     evals = 10            # validation passes during training
-    tracks = ["causal", "mlm"]
+    tracks = ["causal", "mlm"]  # only entries of these tracks are run and ranked
 
     [divisions.cpu]       # one per hardware class; `harness run` picks the one for its device
     device = "cpu"
@@ -39,6 +39,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 PHASES = ("open", "final")
+TRACKS = ("causal", "mlm")
 DEFAULT_CONFIG_FILE = "competition.toml"
 
 
@@ -190,6 +191,9 @@ def _validate(competition: Competition, source: str) -> None:
         raise ConfigError(f"{source}: seeds must be at least 1, got {competition.seeds}")
     if competition.evals < 0:
         raise ConfigError(f"{source}: evals must be >= 0, got {competition.evals}")
+    unknown_tracks = [track for track in competition.tracks if track not in TRACKS]
+    if unknown_tracks or not competition.tracks:
+        raise ConfigError(f"{source}: tracks must list some of {', '.join(TRACKS)}, got {list(competition.tracks)}")
     for division in competition.divisions.values():
         if division.device not in ("cpu", "cuda"):
             raise ConfigError(f"{source} [divisions.{division.name}]: device must be cpu or cuda")

@@ -4,24 +4,44 @@ A submission is one Python module (in `submissions/`, or any path) that defines 
 subclass of `Entry`. The harness owns everything else: the data, the order of the batches, the
 clock, the evaluation protocol and the checks. Baselines in `baselines/` use exactly this contract.
 
-How the harness drives an entry (in its own child process)
------------------------------------------------------------
+How the harness drives an entry: two sandboxed processes, one supervisor
+--------------------------------------------------------------------------
 
-    entry = YourEntry()                       # no arguments
-    entry.hparams = YourHparams(**overrides)  # defaults, then `--hparam key=value` overrides
-    entry.setup(ctx)                          # build the model and optimiser here
-    for epoch in 0, 1, ...:                   # until the budget, max_epochs or max_steps
-        entry.on_epoch_start(epoch)
-        for inputs, targets in train stream:
-            loss = entry.train_step(inputs, targets)
-            (every 1/evals of the budget: a validation pass, untimed, then on_validation(ppl))
-        entry.on_epoch_end(epoch)
-    final validation pass, causality audit, then the test split: untimed, capped, frozen weights
+Your module is imported in two processes, each in its own sandbox, and neither is trusted: the
+supervisor (the harness's parent process) owns the clock, the data, the scoring and every check.
 
-What is timed: wall-clock time from importing your module to the return of the last step: the
-import, `setup`, every `train_step`, the hooks, and the harness's own (thin) loop between them. The
-clock pauses only during validation passes. The harness stops calling `train_step` once the budget
-is spent; a step that never returns is killed at budget plus a grace period (run: `timeout`).
+    TRAINER (holds your entry; sees only the training batches it is handed)
+        entry = YourEntry(); entry.hparams = YourHparams(**overrides); entry.setup(ctx)
+        on_epoch_start(0); loss = train_step(inputs, targets); ...        batches from the supervisor
+        every 1/evals of the budget, between two steps, on the supervisor's clock:
+            prepare_for_eval(); state_dict() -> checkpoint; resume_training()
+            (the trainer is then frozen, not one instruction runs, while the scorer scores valid)
+            on_validation(info)                                 info: ValidationInfo (a float: the ppl)
+        at the end (budget, max_steps or max_epochs): on_train_end(); prepare_for_eval();
+            state_dict() -> final checkpoint; the trainer is then ended
+
+    SCORER (a fresh process; holds your entry, never any split)
+        entry = YourEntry(); entry.hparams = ...; entry.setup(ctx); entry.load_state_dict(checkpoint)
+        answers log_probs(inputs, state) for windows the supervisor builds; it never sees a target
+        (on the mlm track it sees only masked inputs), and the test split only once the trainer is gone
+
+The supervisor reads the full log-prob rows back, renormalises them and computes the score
+itself. Its causality audits and replay probes are windows of the same shape as scoring windows,
+sent at random points: your entry cannot tell them apart, so it must simply be causal and leave
+its weights alone while scoring.
+
+What is timed: wall-clock time from the start of the trainer (importing your module, `setup`,
+every `train_step`, the hooks, writing checkpoints) to the final checkpoint, measured by the
+supervisor. The clock pauses only while the trainer is frozen for a validation pass. Once the
+budget is spent the trainer is handed no more batches; a trainer that has not written its final
+checkpoint by budget plus a grace period (10% of the budget, 2 to 10 s) is killed (`timeout`).
+`ctx.clock` tells you the elapsed and remaining training seconds on that clock.
+
+Checkpoints: `state_dict()` by default holds every module, tensor, numpy array and optimiser your
+entry keeps in its attributes (looked for through lists, tuples, dicts and plain objects);
+`load_state_dict()` puts them back into the entry the scorer built with `setup`. An entry whose
+scored state is built during training in other objects (an n-gram table, say) overrides both.
+State must be tensors, numpy arrays, numbers, strings and lists, tuples and dicts of them.
 
 The training stream
 -------------------
@@ -35,14 +55,18 @@ step takes the next `seq_len` columns:
 
 Row b of step k+1 continues exactly where row b of step k stopped, so a stateful model may carry
 its hidden state from one step to the next (detach it!). The last step of an epoch may be shorter
-than `seq_len`. Every epoch replays the same stream in the same order.
+than `seq_len`. Every epoch replays the same stream in the same order. An entry may choose the
+length of each window (variable BPTT, as AWD-LSTM does) with `next_seq_len()`; the stream still
+continues exactly where the previous window stopped, and steps and tokens are counted by the
+supervisor from what it handed out.
 
 Scoring (what `log_probs` is for)
 ---------------------------------
 Perplexity = exp(mean negative log-likelihood) over every token of the split; each token is
 scored exactly once, the first from an `<eos>` context. The harness cuts the split into segments
 of whole sentences (about 2,048 tokens each), starts each segment from `initial_state`, and feeds
-it in windows, several segments side by side in a batch:
+it in windows, several segments side by side in a batch (`ctx.eval_segment_tokens` = 2,048,
+`ctx.eval_batch_size` = 16 segments, `ctx.eval_window` = W = 64 scored positions per call):
 
     segment:  <eos> the cat sat <eos> a dog ...        inputs, fed window by window
     targets:  the   cat sat <eos> a   dog ...          every one scored once
@@ -55,12 +79,19 @@ see, and the harness prepends that many tokens of left context (`<eos>` before a
 start). A stateful model keeps C = 0 and carries `state` between calls. The result does not
 depend on how many segments share a batch.
 
-Every scored run is checked; a failed check makes it `invalid` and keeps it off the board:
+Every scored run is checked by the supervisor, on the rows it receives; a failed check makes it
+`invalid` and keeps it off the board:
 - log-probs have shape (B, C + W, V), a floating dtype, and are finite;
-- they are normalised: logsumexp over the V words is 0 (within 1e-3) at every position;
-- causality: changing later inputs never changes earlier log-probs (audited on random windows);
-- your weights (every tensor and module held in the entry's attributes) do not change while
-  scoring. The harness scores under `torch.inference_mode()` with your modules in eval mode.
+- they are normalised: logsumexp over the V words is 0 (within 1e-3) at every position. The NLL
+  is computed from renormalised rows (lp[target] - logsumexp(lp)), so the tolerance buys nothing;
+- causality: changing later inputs never changes earlier log-probs (audited from outside with
+  windows indistinguishable from scoring windows, from fresh and from warm states);
+- replay: windows already scored, sent again from a fresh state at random points (the last
+  request of every pass among them), must give the same rows: weights must not change while
+  scoring (no training in a background thread). The scorer calls `log_probs` under
+  `torch.inference_mode()` with your modules in eval mode.
+C may be a class attribute or set in `setup` (`self.eval_context = 35`); an entry may also ask for
+a shorter scoring window with `eval_window` (1 to 64). The score does not depend on either.
 
 The masked-LM track (`track = "mlm"`)
 -------------------------------------
@@ -112,6 +143,49 @@ class Budget:
     """Peak resident memory of the run's processes (on CUDA: peak GPU memory allocated)."""
 
 
+class Clock:
+    """The harness's training clock as the trainer last heard it (the supervisor enforces the budget;
+    this is for schedules). Updated with every batch."""
+
+    def __init__(self, budget_seconds: float) -> None:
+        self.budget_seconds = budget_seconds
+        self.elapsed = 0.0
+        """Training seconds spent so far on the supervisor's clock."""
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.budget_seconds - self.elapsed)
+
+    @property
+    def fraction(self) -> float:
+        """elapsed / budget, in [0, 1]: handy for a time-based learning-rate schedule."""
+        return min(1.0, self.elapsed / self.budget_seconds) if self.budget_seconds else 1.0
+
+
+class ValidationInfo(float):
+    """What `on_validation` receives: a float (the validation perplexity) with the schedule attached."""
+
+    pass_index: int
+    """0-based index of this pass."""
+    passes: int
+    """Validation passes planned during training (the cadence); the final scoring is not one of them."""
+    step: int
+    tokens: int
+    train_seconds: float
+    last: bool
+    """True for the last pass the cadence plans."""
+
+    def __new__(cls, perplexity: float, **schedule: Any) -> ValidationInfo:
+        info = super().__new__(cls, perplexity)
+        for key, value in schedule.items():
+            setattr(info, key, value)
+        return info
+
+    @property
+    def perplexity(self) -> float:
+        return float(self)
+
+
 @dataclass(frozen=True)
 class SetupContext:
     """Everything `setup` may use."""
@@ -129,36 +203,50 @@ class SetupContext:
     budget: Budget
     hparams: Hparams
     steps_per_epoch: int
-    """How many `train_step` calls make one pass over the train split."""
+    """How many `train_step` calls make one pass over the train split (at `seq_len`)."""
     train_tokens: int
     """Tokens in the train split (targets per epoch)."""
     mask_id: int | None = None
     """The `[MASK]` id on the mlm track (= vocab_size); None on the causal track."""
+    clock: Clock | None = None
+    """Elapsed and remaining training seconds on the harness's clock (None in the scorer)."""
+    evals: int = 0
+    """Validation passes the cadence plans during training."""
+    eval_window: int = 64
+    """W: scored positions per `log_probs` call."""
+    eval_segment_tokens: int = 2048
+    """A scoring segment (read from a fresh `initial_state`) is about this many tokens of whole sentences."""
+    eval_batch_size: int = 16
+    """Segments scored side by side."""
+    role: str = "trainer"
+    """`trainer` or `scorer`: which of the two processes this is."""
 
 
 class Entry:
     """Subclass this once in your module. Override `setup`, `train_step` and `log_probs`.
 
-    Keep your model in attributes of the entry (`self.model = ...`): the harness finds every
-    `torch.nn.Module` and tensor there to count parameters, switch eval mode and hash weights.
+    Keep your model in attributes of the entry (`self.model = ...`): the default `state_dict`
+    finds every module, tensor, array and optimiser there (also inside lists, dicts and objects).
     """
 
     name: ClassVar[str] = ""
-    """Leaderboard name; defaults to the module's file name."""
+    """Leaderboard name; defaults to the module's file name. Read from the source, as a literal."""
     authors: ClassVar[str] = ""
     description: ClassVar[str] = ""
     track: ClassVar[str] = "causal"
-    """The competition track: `causal` (next-word prediction) or `mlm` (masked words)."""
+    """The competition track: `causal` (next-word prediction) or `mlm` (masked words). A literal."""
     Hparams: ClassVar[type[Hparams]] = Hparams
     """Your hyper-parameter dataclass (a subclass of `harness.contract.Hparams`)."""
-    eval_context: ClassVar[int] = 0
-    """C: earlier tokens prepended to each scoring window (stateless models)."""
+    eval_context: int = 0
+    """C: earlier tokens prepended to each scoring window (stateless models). May be set in setup."""
+    eval_window: int = 64
+    """W: scored positions per scoring call, 1 to 64 (a Transformer trained on 35 positions may ask for 35)."""
 
     hparams: Hparams
     """Set by the harness before `setup`: the defaults with the command line's overrides."""
 
     def setup(self, ctx: SetupContext) -> None:
-        """Build the model and optimiser on `ctx.device`. Timed."""
+        """Build the model and optimiser on `ctx.device`. Timed in the trainer; also run in the scorer."""
         raise NotImplementedError("define setup(self, ctx) in your entry")
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | float:
@@ -177,11 +265,40 @@ class Entry:
         """The state a fresh segment of `batch_size` rows starts from (None if stateless)."""
         return None
 
+    def next_seq_len(self) -> int | None:
+        """Length T of the next training window, or None for `hparams.seq_len` (variable BPTT)."""
+        return None
+
     def on_epoch_start(self, epoch: int) -> None:
         """Called before the first step of each epoch (0-based). Timed."""
 
     def on_epoch_end(self, epoch: int) -> None:
         """Called after the last step of each epoch; e.g. a learning-rate schedule. Timed."""
 
-    def on_validation(self, valid_perplexity: float) -> None:
-        """Called after each validation pass during training; e.g. reduce-on-plateau."""
+    def on_validation(self, info: ValidationInfo) -> None:
+        """Called after each validation pass during training with its perplexity (a float) and the
+        schedule (`info.pass_index`, `info.passes`, `info.step`, `info.tokens`, `info.train_seconds`,
+        `info.last`); e.g. reduce-on-plateau, NT-ASGD's trigger, or keeping the best weights."""
+
+    def prepare_for_eval(self) -> None:
+        """Called in the trainer just before each checkpoint (validation passes and the final one):
+        put the weights you want scored in place (averaged ASGD/EMA weights, the best so far)."""
+
+    def resume_training(self) -> None:
+        """Called after a validation checkpoint is written: restore your training weights if
+        `prepare_for_eval` swapped them out."""
+
+    def on_train_end(self) -> None:
+        """Called once after the last step, whatever stopped training, before the final checkpoint."""
+
+    def state_dict(self) -> Any:
+        """What a checkpoint holds. Default: every module, tensor, array and optimiser of the entry."""
+        from harness.sandboxed.state import default_state_dict
+
+        return default_state_dict(self)
+
+    def load_state_dict(self, state: Any) -> None:
+        """Load a checkpoint into an entry that `setup` has built. Default: the inverse of `state_dict`."""
+        from harness.sandboxed.state import default_load_state_dict
+
+        default_load_state_dict(self, state)

@@ -2,6 +2,7 @@
 
 Where the files come from, in order:
 1. `--data-dir` / `HARNESS_DATA_DIR`: a folder the user names; every file must be there and verify.
+   Verified files are then copied into the cache, so later commands need no flag.
 2. The user cache (`HARNESS_CACHE`, default `$XDG_CACHE_HOME/ptb-harness` or `~/.cache/ptb-harness`).
 3. A download from a list of mirrors into that cache.
 Every file is checked against its known SHA-256 each time it is used, so a corrupt or edited copy
@@ -170,7 +171,9 @@ def resolve_files(source: DataSource, splits: Iterable[str] = SPLITS) -> dict[st
     """Return a verified local path for each split, downloading into the cache if needed."""
     wanted = list(splits)
     if source.data_dir is not None:
-        return {split: _from_data_dir(source.data_dir, source.files[split]) for split in wanted}
+        paths = {split: _from_data_dir(source.data_dir, source.files[split]) for split in wanted}
+        remember_in_cache(paths, source)
+        return paths
     cache = source.cache_dir / "data"
     paths = {}
     for split in wanted:
@@ -185,6 +188,46 @@ def resolve_files(source: DataSource, splits: Iterable[str] = SPLITS) -> dict[st
                 cached.unlink()  # a corrupt cached copy is replaced, never used
         paths[split] = _download(spec, cache, source.mirrors, source.download_timeout_s)
     return paths
+
+
+def remember_in_cache(paths: Mapping[str, Path], source: DataSource) -> list[Path]:
+    """Copy verified files into the user cache, so later commands find them with no --data-dir.
+
+    Each copy is written to a temporary name in the cache, its checksum checked, then renamed into
+    place: the cache only ever holds whole, verified files. A file already cached and verified is
+    left alone. A cache that cannot be written is not an error (the data was found and verified;
+    the next command simply needs --data-dir again). Returns the files copied now.
+    """
+    cache = source.cache_dir / "data"
+    copied = []
+    for split, path in paths.items():
+        spec = source.files[split]
+        target = cache / spec.name
+        try:
+            if target.is_file() and sha256_of(target) == spec.sha256:
+                continue
+            cache.mkdir(parents=True, exist_ok=True)
+            _copy_verified(path, target, spec)
+            copied.append(target)
+        except (OSError, DataError):
+            continue
+    return copied
+
+
+def _copy_verified(path: Path, target: Path, spec: FileSpec) -> None:
+    handle, tmp_name = tempfile.mkstemp(prefix=spec.name + ".", suffix=".part", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(handle, "wb") as out, path.open("rb") as source_file:
+            for block in iter(lambda: source_file.read(1 << 20), b""):
+                digest.update(block)
+                out.write(block)
+        if digest.hexdigest() != spec.sha256:  # changed between the check and the copy
+            raise DataError(f"{path} changed while it was copied into the cache")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _from_data_dir(data_dir: Path, spec: FileSpec) -> Path:

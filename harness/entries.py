@@ -1,24 +1,19 @@
-"""Finding entries on disk, importing them, and parsing their hyper-parameters.
+"""Finding entries on disk and reading them as text, on the supervisor's side.
 
-Importing an entry runs its code, so the harness only does that inside a child process
-(`harness.worker`); the parent reads what it needs to list entries from the source alone.
+Importing an entry runs its code, so the supervisor never does: it reads names, authors, tracks
+and descriptions from the source (`static_metadata`), and types `--hparam` strings against a
+schema that a sandboxed process reported (`harness.checking.describe_entries`).
 """
 
 from __future__ import annotations
 
 import ast
-import dataclasses
 import hashlib
-import importlib.util
-import inspect
-import sys
-import types
-import typing
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.contract import Entry, Hparams
 from harness.errors import EntryError, HparamError
 
 # Scalar types the command line can parse, by the name the schema uses for them.
@@ -38,6 +33,8 @@ class EntrySource:
     """`submission` or `baseline`."""
     source: str
     source_hash: str
+    problem: str | None = None
+    """Why this entry may not run (a reserved or duplicate name): it fails alone, with this reason."""
 
     @classmethod
     def read(cls, path: Path, kind: str) -> EntrySource:
@@ -49,27 +46,50 @@ class EntrySource:
         return cls(name=path.stem, path=path.resolve(), kind=kind, source=text, source_hash=digest)
 
 
-def discover(entry_dirs: dict[str, Path]) -> dict[str, EntrySource]:
-    """Every `*.py` entry in the given folders (kind -> folder), by name.
+BASELINE_AUTHORS = "ptb-harness baselines"
 
-    Files whose name starts with `_` (the template, helpers) are not entries. Two entries with
-    one name in different folders are an error, since `harness run NAME` could not tell them apart.
+
+def discover(entry_dirs: dict[str, Path]) -> dict[str, EntrySource]:
+    """Every `*.py` entry in the given folders (kind -> folder), by name; never raises for an entry.
+
+    Files whose name starts with `_` (the template, helpers) are not entries. Baselines come first
+    and own their names and their author line: a submission that takes a baseline's file name or
+    name, a name another submission already has, or the baselines' author line is kept under a
+    distinct key with a `problem`, so it fails alone and every other entry runs.
     """
     found: dict[str, EntrySource] = {}
-    for kind, folder in entry_dirs.items():
+    names: dict[str, str] = {}  # display name -> the key that owns it
+    order = sorted(entry_dirs.items(), key=lambda item: item[0] != "baseline")
+    for kind, folder in order:
         if not folder.is_dir():
             continue
         for path in sorted(folder.glob("*.py")):
             if path.name.startswith("_"):
                 continue
             entry = EntrySource.read(path, kind)
-            if entry.name in found:
-                raise EntryError(
-                    f"two entries are named {entry.name!r}: {found[entry.name].path} and {path}. "
-                    "Rename one of the files."
-                )
+            meta = static_metadata(entry)
+            problem = _name_problem(entry, meta, found, names)
+            if problem:
+                entry = EntrySource(f"{kind}s/{entry.name}", entry.path, kind, entry.source, entry.source_hash, problem)
+            else:
+                names[meta["name"]] = entry.name
             found[entry.name] = entry
     return found
+
+
+def _name_problem(entry: EntrySource, meta: dict[str, str], found: dict[str, EntrySource],
+                  names: dict[str, str]) -> str | None:
+    if entry.kind == "baseline":
+        return None
+    if entry.name in found:
+        return (f"the file name {entry.name!r} is taken by {found[entry.name].kind} {found[entry.name].path.name}; "
+                "rename the file")
+    if meta["name"] in names:
+        owner = found[names[meta["name"]]]
+        return f"the name {meta['name']!r} is taken by {owner.kind} {owner.path.name}; choose another `name`"
+    if meta["authors"].strip().lower().startswith(BASELINE_AUTHORS):
+        return f"the author line {BASELINE_AUTHORS!r} is reserved for the harness's baselines"
+    return None
 
 
 def select(names: list[str], available: dict[str, EntrySource]) -> list[EntrySource]:
@@ -92,112 +112,7 @@ def select(names: list[str], available: dict[str, EntrySource]) -> list[EntrySou
     return chosen
 
 
-# --- Child-process side: importing and describing an entry -----------------------------------
-
-
-def import_entry_class(path: Path) -> type[Entry]:
-    """Import the module at `path` and return its one `Entry` subclass.
-
-    Raises `EntryError` for a module that does not import or defines no / several entries.
-    The module's own exception propagates unchanged (the worker classifies it as an import error).
-    """
-    module_name = f"harness_entry_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise EntryError(f"{path} is not an importable Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses and pickling look modules up here
-    spec.loader.exec_module(module)
-    return find_entry_class(module, path)
-
-
-def find_entry_class(module: types.ModuleType, path: Path) -> type[Entry]:
-    classes = [
-        obj for obj in vars(module).values()
-        if inspect.isclass(obj) and issubclass(obj, Entry) and obj is not Entry
-        and obj.__module__ == module.__name__
-    ]
-    if len(classes) != 1:
-        found = ", ".join(c.__name__ for c in classes) or "none"
-        raise EntryError(
-            f"{path} must define exactly one subclass of harness.contract.Entry (found: {found})."
-        )
-    return classes[0]
-
-
-def check_entry_class(cls: type[Entry], path: Path) -> list[str]:
-    """Contract problems visible without running anything: missing methods, wrong signatures."""
-    problems = []
-    for method, params in (("setup", 1), ("train_step", 2), ("log_probs", 2), ("initial_state", 1)):
-        impl = getattr(cls, method, None)
-        if method != "initial_state" and impl is getattr(Entry, method):
-            problems.append(f"{cls.__name__}.{method} is not defined")
-            continue
-        if not callable(impl):
-            problems.append(f"{cls.__name__}.{method} is not a method")
-            continue
-        problems.extend(_signature_problems(cls, method, impl, params))
-    if not (inspect.isclass(cls.Hparams) and issubclass(cls.Hparams, Hparams)
-            and dataclasses.is_dataclass(cls.Hparams)):
-        problems.append(f"{cls.__name__}.Hparams must be a @dataclass subclass of harness.contract.Hparams")
-    if not isinstance(cls.eval_context, int) or cls.eval_context < 0:
-        problems.append(f"{cls.__name__}.eval_context must be a non-negative int")
-    if cls.track not in TRACKS:
-        problems.append(f"{cls.__name__}.track is {cls.track!r}; it must be one of {', '.join(TRACKS)}")
-    return [f"{path}: {p}" for p in problems]
-
-
-def _signature_problems(cls: type, method: str, impl: Any, params: int) -> list[str]:
-    try:
-        signature = inspect.signature(impl)
-    except (TypeError, ValueError):
-        return []
-    positional = [
-        p for p in signature.parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    has_varargs = any(p.kind == p.VAR_POSITIONAL for p in signature.parameters.values())
-    required = [p for p in positional if p.default is p.empty]
-    # `self` is the first positional parameter of a plain function looked up on the class.
-    takes, needs = len(positional) - 1, len(required) - 1
-    if needs > params or (takes < params and not has_varargs):
-        return [f"{cls.__name__}.{method} must take {params} argument(s) besides self, "
-                f"its signature is {method}{signature}"]
-    return []
-
-
-def entry_metadata(cls: type[Entry], path: Path) -> dict[str, str]:
-    return {
-        "name": str(cls.name or path.stem),
-        "authors": str(cls.authors),
-        "description": str(cls.description),
-        "track": str(cls.track),
-    }
-
-
 # --- Hyper-parameters -------------------------------------------------------------------------
-
-
-def hparam_schema(hparams_cls: type[Hparams]) -> dict[str, dict[str, Any]]:
-    """Field name -> {"type": "int"|"float"|"bool"|"str"|"other", "optional": bool, "default": ...}."""
-    hints = typing.get_type_hints(hparams_cls)
-    schema = {}
-    for field in dataclasses.fields(hparams_cls):
-        type_name, optional = _scalar_type(hints.get(field.name, Any))
-        default = field.default if field.default is not dataclasses.MISSING else None
-        schema[field.name] = {"type": type_name, "optional": optional, "default": default}
-    return schema
-
-
-def _scalar_type(annotation: Any) -> tuple[str, bool]:
-    args = typing.get_args(annotation)
-    optional = type(None) in args
-    candidates = [a for a in args if a is not type(None)] if args else [annotation]
-    if len(candidates) == 1:
-        for name, scalar in _SCALARS.items():
-            if candidates[0] is scalar:
-                return name, optional
-    return "other", optional
 
 
 def parse_overrides(pairs: list[str], schema: dict[str, dict[str, Any]], entry: str) -> dict[str, Any]:
@@ -217,18 +132,22 @@ def parse_overrides(pairs: list[str], schema: dict[str, dict[str, Any]], entry: 
 
 
 def parse_value(key: str, raw: str, field: dict[str, Any], entry: str) -> Any:
-    if field["optional"] and raw.lower() == "none":
+    """One `--hparam` value, typed by the schema: a scalar, or for list fields `[20,30]` / `20,30`."""
+    if field.get("optional") and raw.lower() == "none":
         return None
-    parser = _PARSERS.get(field["type"])
+    parser = _PARSERS.get(field.get("type"))
     if parser is None:
         raise HparamError(f"hyper-parameter {key!r} of entry {entry!r} cannot be set from the command line")
+    expected = field["type"] + (" list" if field.get("list") else "") + (" or none" if field.get("optional") else "")
     try:
+        if field.get("list"):
+            inner = raw.strip()
+            if inner.startswith("[") and inner.endswith("]"):
+                inner = inner[1:-1]
+            return [parser(item.strip()) for item in inner.split(",") if item.strip()]
         return parser(raw)
     except ValueError:
-        expected = field["type"] + (" or none" if field["optional"] else "")
-        raise HparamError(
-            f"hyper-parameter {key!r} of entry {entry!r} must be {expected}, got {raw!r}"
-        ) from None
+        raise HparamError(f"hyper-parameter {key!r} of entry {entry!r} must be {expected}, got {raw!r}") from None
 
 
 def _parse_bool(raw: str) -> bool:
@@ -238,33 +157,6 @@ def _parse_bool(raw: str) -> bool:
 
 
 _PARSERS = {"int": int, "float": float, "str": str, "bool": _parse_bool}
-
-
-def build_hparams(hparams_cls: type[Hparams], values: dict[str, Any]) -> Hparams:
-    """Instantiate the entry's dataclass with overrides, checking the types of what arrives."""
-    schema = hparam_schema(hparams_cls)
-    for key, value in values.items():
-        if key not in schema:
-            raise HparamError(f"unknown hyper-parameter {key!r}; known: {', '.join(sorted(schema))}")
-        _check_type(key, value, schema[key])
-    hparams = hparams_cls(**values)
-    for key in ("batch_size", "seq_len"):
-        if not isinstance(getattr(hparams, key), int) or getattr(hparams, key) < 1:
-            raise HparamError(f"hyper-parameter {key} must be a positive int, got {getattr(hparams, key)!r}")
-    return hparams
-
-
-def _check_type(key: str, value: Any, field: dict[str, Any]) -> None:
-    if value is None and field["optional"]:
-        return
-    scalar = _SCALARS.get(field["type"])
-    if scalar is None:
-        return
-    ok = isinstance(value, scalar) and not (scalar is int and isinstance(value, bool))
-    if scalar is float and isinstance(value, int) and not isinstance(value, bool):
-        ok = True
-    if not ok:
-        raise HparamError(f"hyper-parameter {key!r} must be {field['type']}, got {value!r}")
 
 
 def static_metadata(entry: EntrySource) -> dict[str, str]:

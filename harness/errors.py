@@ -7,6 +7,7 @@ exit code. Every message says what failed, where, and how to fix it.
 from __future__ import annotations
 
 import enum
+import re
 
 
 class HarnessError(Exception):
@@ -66,6 +67,8 @@ class FailureKind(str, enum.Enum):
     SANDBOX_VIOLATION = "sandbox_violation"
     INTERRUPTED = "interrupted"
     HARNESS_ERROR = "harness_error"
+    DISQUALIFIED = "disqualified"
+    """Set by an organiser (`harness disqualify`), never by the runner."""
 
     @property
     def status(self) -> RunStatus:
@@ -77,6 +80,7 @@ _STATUS_OF_FAILURE = {
     FailureKind.INVALID_OUTPUT: RunStatus.INVALID,
     FailureKind.CAUSALITY_VIOLATION: RunStatus.INVALID,
     FailureKind.WEIGHTS_MODIFIED: RunStatus.INVALID,
+    FailureKind.DISQUALIFIED: RunStatus.INVALID,
     FailureKind.TIMEOUT: RunStatus.TIMEOUT,
     FailureKind.OUT_OF_MEMORY: RunStatus.OUT_OF_MEMORY,
     FailureKind.INTERRUPTED: RunStatus.INTERRUPTED,
@@ -95,3 +99,12 @@ class EntryFailure(Exception):
         self.kind = kind
         self.reason = reason
         self.traceback = traceback
+
+
+# scheme://user:password@host -> scheme://user:***@host; a URL may sit anywhere in a message.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)(?P<password>[^@\s]*)(?P<at>@)")
+
+
+def redact_url(text: str) -> str:
+    """`text` with the password of every URL in it replaced by `***`, so no message leaks one."""
+    return _URL_PASSWORD.sub(lambda m: m.group("head") + "***" + m.group("at"), str(text))

@@ -1,4 +1,4 @@
-"""The masked-LM track (`track = "mlm"`): BERT-style masking for training and a fixed masking for scoring.
+"""The masked-LM track, on the supervisor's side (`track = "mlm"`): BERT-style masking for training and a fixed masking for scoring.
 
 A bidirectional model cannot be scored as a causal LM (the causality audit rejects it), so it
 competes on its own track, scored on the same words for every entry:
@@ -13,17 +13,7 @@ competes on its own track, scored on the same words for every entry:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
-
-from harness.contract import Entry
-from harness.scoring import OutputChecker, unpack_output
-
-if TYPE_CHECKING:
-    from harness.runner import TrainStream
 
 MASK_FRACTION = 0.15
 IGNORE = -100
@@ -48,43 +38,6 @@ def mask_batch(inputs: torch.Tensor, generator: torch.Generator, mask_id: int,
     return masked, targets
 
 
-class MaskedStream:
-    """Wraps a train stream: each (B, T) window is masked afresh, from the run's seed."""
-
-    def __init__(self, stream: TrainStream, mask_id: int, vocab_size: int, seed: int) -> None:
-        self.stream = stream
-        self.mask_id = mask_id
-        self.vocab_size = vocab_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return len(self.stream)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for inputs, _ in self.stream:
-            yield mask_batch(inputs, self.generator, self.mask_id, self.vocab_size)
-
-
-@dataclass(frozen=True)
-class MaskedScore:
-    split: str
-    tokens: int
-    """Masked positions scored."""
-    nll_sum: float
-    correct: int
-
-    @property
-    def perplexity(self) -> float:
-        try:
-            return math.exp(self.nll_sum / self.tokens)
-        except OverflowError:
-            return math.inf
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.tokens
-
-
 def eval_masking(ids: torch.Tensor, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed masking of a split: (W, 128) masked inputs and targets (-100 where not scored).
 
@@ -100,25 +53,3 @@ def eval_masking(ids: torch.Tensor, mask_id: int) -> tuple[torch.Tensor, torch.T
     inputs = torch.where(chosen, torch.full_like(padded, mask_id), padded)
     targets = torch.where(chosen, padded, torch.full_like(padded, IGNORE))
     return inputs.view(windows, EVAL_WINDOW), targets.view(windows, EVAL_WINDOW)
-
-
-def score_masked(entry: Entry, ids: torch.Tensor, *, mask_id: int, vocab_size: int, device: torch.device,
-                 normalisation_tol: float, split: str, batch_size: int) -> MaskedScore:
-    """Masked-token NLL and accuracy over the fixed masking; call inside `scoring_mode(entry)`."""
-    inputs, targets = eval_masking(ids, mask_id)
-    check = OutputChecker(vocab_size, device, normalisation_tol)
-    nll_sum, correct, tokens = 0.0, 0, 0
-    for start in range(0, inputs.shape[0], batch_size):
-        x = inputs[start:start + batch_size].to(device)
-        y = targets[start:start + batch_size]
-        log_probs, _ = unpack_output(entry.log_probs(x, entry.initial_state(x.shape[0])))
-        check(log_probs, x.shape[0], x.shape[1])
-        scored = y != IGNORE
-        picked = log_probs[scored.to(log_probs.device)]  # (M, V)
-        words = y[scored].to(log_probs.device)
-        nll_sum += float(-picked.gather(1, words.unsqueeze(1)).double().sum())
-        correct += int((picked.argmax(dim=1) == words).sum())
-        tokens += int(scored.sum())
-    if tokens != int((targets != IGNORE).sum()):
-        raise RuntimeError(f"harness bug: {split} masked positions not all scored")
-    return MaskedScore(split=split, tokens=tokens, nll_sum=nll_sum, correct=correct)

@@ -30,14 +30,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 import harness
 from harness.budget import format_bytes
 from harness.config import Competition
 from harness.errors import RunStatus
 from harness.provenance import configuration_digest
-from harness.store import Run, Store
+from harness.store import CurvePoint, Run, Store
 
 CONFIDENCE = 0.95
 BOOTSTRAP_SAMPLES = 2000
@@ -79,7 +79,9 @@ def runs_frame(store: Store, *, entry: str | list[str] | None = None, status: st
         rows = session.execute(query).all()
     frame = pd.DataFrame(rows, columns=RUN_COLUMNS + ["evals"])
     frame["evals"] = [None if _missing(value) else int(value) for value in frame["evals"]]
-    frame["phase"] = [_phase(*values) for values in zip(frame["status"], frame["train_seconds"], frame["display_name"])]
+    validated = _last_validation(store, frame.loc[frame["status"] == RunStatus.RUNNING.value, "id"].tolist())
+    frame["phase"] = [_phase(status, trained, budget, validated.get(run_id)) for run_id, status, trained, budget in
+                      zip(frame["id"], frame["status"], frame["train_seconds"], frame["budget_seconds"])]
     now = dt.datetime.now(dt.timezone.utc)
     frame["elapsed_seconds"] = [(now - _utc(started)).total_seconds() if phase else None
                                 for phase, started in zip(frame["phase"], frame["started_at"])]
@@ -95,13 +97,28 @@ def _filtered(query: Any, **filters: str | list[str] | None) -> Any:
     return query
 
 
-def _phase(status: str, train_seconds: Any, display_name: Any) -> str | None:
-    """Where a run in flight is, from what it has recorded so far (None once it has ended)."""
+def _last_validation(store: Store, run_ids: list[int]) -> dict[int, float]:
+    """run id -> training seconds at its latest validation pass (runs in flight record only these)."""
+    if not run_ids:
+        return {}
+    query = (select(CurvePoint.run_id, func.max(CurvePoint.train_seconds))
+             .where(CurvePoint.run_id.in_(run_ids)).group_by(CurvePoint.run_id))
+    with store.session() as session:
+        return {run_id: float(seconds) for run_id, seconds in session.execute(query).all()}
+
+
+def _phase(status: str, train_seconds: Any, budget: Any, last_validation: float | None) -> str | None:
+    """Where a run in flight is, from what it has recorded so far (None once it has ended).
+
+    `scoring` once its training time is recorded or a validation pass came at the end of the
+    budget; `training` before (it may still be importing or setting up: nothing records that).
+    """
     if status != RunStatus.RUNNING.value:
         return None
-    if not _missing(train_seconds):
-        return "scoring"      # training_done recorded its training time
-    return "training" if display_name is not None else "starting"  # described: imported and built
+    if not _missing(train_seconds) or (last_validation is not None and not _missing(budget)
+                                       and last_validation >= float(budget)):
+        return "scoring"
+    return "training"
 
 
 def _utc(value: Any) -> dt.datetime:

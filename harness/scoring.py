@@ -1,25 +1,39 @@
-"""The evaluation protocol and the checks every scored run must pass.
+"""Scoring, on the supervisor's side: the windows, the audits, and the score from log-prob rows.
 
-The protocol is the harness's, not the entry's: the split is cut into segments of whole
-sentences, segments are batched side by side and fed in windows, and every target token is scored
-exactly once. Segment boundaries depend only on the split, never on the batch size, so the score
-does not depend on how many segments share a batch (beyond float noise).
+The supervisor builds every window a scorer sees (segments of whole sentences, left context,
+batch rows; masked windows on the mlm track), reads back the full (B, C + W, V) block of
+log-probs for each, and computes here, from data it holds itself:
+- the checks on every block: finite, log-probabilities (<= 0), normalised within 1e-3;
+- each target's NLL from the renormalised row, lp[target] - logsumexp(lp), so the normalisation
+  tolerance is worth nothing to an entry;
+- the exactly-once invariant and the token counts; per-token NLL for per-sentence NLL;
+- causality audits and replay probes: shadow streams of windows of the same shape as scoring
+  windows, inserted at random points (one replay is always the last request of a pass), whose
+  rows must match the rows of the window they copy.
+Nothing here runs participant code or imports anything that does.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from harness.contract import Entry
-from harness.errors import EntryFailure, FailureKind
+from harness.errors import FailureKind
+from harness.mlm import IGNORE, eval_masking
+
+
+class ScoreFailure(Exception):
+    """The rows fail a check: the run is `invalid` with this kind and reason."""
+
+    def __init__(self, kind: FailureKind, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -31,11 +45,17 @@ class EvalProtocol:
     batch_size: int = 16
     """Segments scored side by side."""
     window: int = 64
-    """W: positions scored per `log_probs` call."""
+    """W: the most positions scored per `log_probs` call (an entry may ask for fewer)."""
     normalisation_tol: float = 1e-3
     """Largest |logsumexp over the vocabulary| allowed at any position."""
-    causality_windows: int = 4
-    causality_tol: float = 1e-4
+    causality_audits: int = 2
+    """Causality audits per pass (one from a fresh state, the others from warm states)."""
+    replay_probes: int = 2
+    """Windows re-sent from a fresh state per pass (one at a random point, one as the last request)."""
+    audit_tol: float = 1e-4
+    """Largest difference allowed between a window's rows and the rows of its audit or replay."""
+    fingerprint_columns: int = 64
+    """Random vocabulary columns (plus the target) kept per position to compare audits with."""
 
 
 @dataclass(frozen=True)
@@ -44,28 +64,62 @@ class SplitScore:
     tokens: int
     nll_sum: float
     token_nll: np.ndarray
-    """(N,) float64: the negative log-likelihood of each token of the split, in order."""
-
-    @property
-    def mean_nll(self) -> float:
-        return self.nll_sum / self.tokens
+    """(N,) float64: the NLL of each token of the split, in order (causal track)."""
 
     @property
     def perplexity(self) -> float:
-        try:
-            return math.exp(self.mean_nll)
-        except OverflowError:  # mean NLL above ~709 nats: a valid, if hopeless, model
-            return math.inf
+        return _exp(self.nll_sum / self.tokens)
 
 
-def segment_bounds(targets: torch.Tensor, eos_id: int, segment_tokens: int) -> list[tuple[int, int]]:
-    """Cut positions [0, N) into segments of whole sentences of about `segment_tokens` each.
+@dataclass(frozen=True)
+class MaskedScore:
+    split: str
+    tokens: int
+    """Masked positions scored."""
+    nll_sum: float
+    correct: int
 
-    targets: (N,) ids of the split. A segment ends just after an `<eos>` once it is at least
-    `segment_tokens` long, so the next one starts a sentence; the last takes the rest.
-    """
-    n = int(targets.numel())
-    ends = (targets == eos_id).nonzero().flatten().add(1).tolist()  # position after each <eos>
+    @property
+    def perplexity(self) -> float:
+        return _exp(self.nll_sum / self.tokens)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.tokens
+
+
+def _exp(mean_nll: float) -> float:
+    try:
+        return math.exp(mean_nll)
+    except OverflowError:  # mean NLL above ~709 nats: a valid, if hopeless, model
+        return math.inf
+
+
+@dataclass
+class Request:
+    """One `log_probs` call as the scorer sees it: ids, a stream name, fresh or continued state."""
+
+    inputs: np.ndarray
+    """(B, L) int32 ids."""
+    stream: str
+    fresh: bool
+    keep: bool
+    role: str
+    """`score`, `replay` or `audit`: known to the supervisor only."""
+    ref: tuple[int, int]
+    """(group, window) of the scoring window this request is, copies or audits."""
+    cut: int = -1
+    """For an audit: inputs after this position were changed; positions <= cut are compared."""
+    lane: int = 0
+    """Which of the two scorer processes answers it. Audits and replays of a window always go to the
+    other process than the one that scored it: neither has seen the window it is asked to copy, so
+    no memory of past requests lets a model pass an audit it should fail."""
+
+
+def segment_bounds(targets: np.ndarray, eos_id: int, segment_tokens: int) -> list[tuple[int, int]]:
+    """Cut positions [0, N) into segments of whole sentences of about `segment_tokens` each."""
+    n = int(targets.size)
+    ends = (np.flatnonzero(targets == eos_id) + 1).tolist()  # position after each <eos>
     bounds, start = [], 0
     for end in ends:
         if end - start >= segment_tokens and end < n:
@@ -76,242 +130,256 @@ def segment_bounds(targets: torch.Tensor, eos_id: int, segment_tokens: int) -> l
     return bounds
 
 
-def score_split(
-    entry: Entry, targets: torch.Tensor, *, eos_id: int, vocab_size: int, device: torch.device,
-    protocol: EvalProtocol, split: str,
-) -> SplitScore:
-    """Score every token of `targets` (N,) once; call inside `scoring_mode(entry)`."""
-    n = int(targets.numel())
-    inputs = torch.cat([torch.tensor([eos_id]), targets[:-1]])  # inputs[i] precedes targets[i]
-    token_nll = np.zeros(n, dtype=np.float64)
-    times_scored = np.zeros(n, dtype=np.int32)
-    bounds = segment_bounds(targets, eos_id, protocol.segment_tokens)
-    for first in range(0, len(bounds), protocol.batch_size):
-        group = bounds[first:first + protocol.batch_size]
-        _score_group(entry, inputs, targets, group, token_nll, times_scored,
-                     eos_id=eos_id, vocab_size=vocab_size, device=device, protocol=protocol)
-    if not (times_scored == 1).all():  # the protocol's own invariant, never the entry's fault
-        raise RuntimeError(f"harness bug: {split} tokens scored {np.unique(times_scored)} times")
-    return SplitScore(split=split, tokens=n, nll_sum=float(token_nll.sum()), token_nll=token_nll)
+@dataclass
+class _Group:
+    """Segments scored side by side: their bounds, inputs (rows, C + longest), targets (rows, longest)."""
+
+    bounds: list[tuple[int, int]]
+    x: np.ndarray
+    y: np.ndarray
+    offsets: list[int]
+    lane: int = 0
 
 
-def _score_group(
-    entry: Entry, inputs: torch.Tensor, targets: torch.Tensor, group: list[tuple[int, int]],
-    token_nll: np.ndarray, times_scored: np.ndarray, *, eos_id: int, vocab_size: int,
-    device: torch.device, protocol: EvalProtocol,
-) -> None:
-    context = entry.eval_context
-    rows, longest = len(group), max(end - start for start, end in group)
-    # x: (rows, C + longest) inputs, left-padded with C <eos>; y: (rows, longest) targets, -1 = pad.
-    x = torch.full((rows, context + longest), eos_id, dtype=torch.long)
-    y = torch.full((rows, longest), -1, dtype=torch.long)
-    for row, (start, end) in enumerate(group):
-        x[row, context:context + end - start] = inputs[start:end]
-        y[row, :end - start] = targets[start:end]
-    x = x.to(device)
-    check = OutputChecker(vocab_size, device, protocol.normalisation_tol)
-    state = entry.initial_state(rows)
-    for offset in range(0, longest, protocol.window):
-        width = min(protocol.window, longest - offset)
-        out = entry.log_probs(x[:, offset:offset + context + width], state)
-        log_probs, state = unpack_output(out)
-        check(log_probs, rows, context + width)
-        window_targets = y[:, offset:offset + width]  # (rows, width)
-        picked = log_probs[:, context:, :].gather(
-            -1, window_targets.clamp(min=0).unsqueeze(-1).to(log_probs.device)
-        ).squeeze(-1)  # (rows, width)
-        nll = (-picked).double().cpu().numpy()
-        for row, (start, end) in enumerate(group):
-            length = max(0, min(width, end - start - offset))
-            token_nll[start + offset:start + offset + length] = nll[row, :length]
-            times_scored[start + offset:start + offset + length] += 1
+class ScorePass:
+    """One scoring pass over a split: its requests in the order sent, and the score they add up to.
 
-
-def unpack_output(out: Any) -> tuple[torch.Tensor, Any]:
-    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], torch.Tensor)):
-        raise EntryFailure(
-            FailureKind.INVALID_OUTPUT,
-            f"log_probs must return a tuple (log_probs tensor, state), got {type(out).__name__}",
-        )
-    return out[0], out[1]
-
-
-class OutputChecker:
-    """Checks each `log_probs` output: shape (B, C + W, V), float dtype, device, finite, normalised.
-
-    Holds a scratch buffer: exp() into fresh 40 MB tensors costs more in page faults than in
-    arithmetic, so the normalisation sums run in reused chunks.
+    `take(request, rows)` is called with every block of rows, in request order; `result()` at the end.
     """
 
-    CHUNK_ROWS = 128
-
-    def __init__(self, vocab_size: int, device: torch.device, tol: float) -> None:
-        self.vocab_size = vocab_size
-        self.device = device
-        self.tol = tol
-        self._scratch = torch.empty(self.CHUNK_ROWS, vocab_size, device=device)
-
-    def __call__(self, log_probs: torch.Tensor, rows: int, positions: int) -> None:
-        expected = (rows, positions, self.vocab_size)
-        if tuple(log_probs.shape) != expected:
-            raise EntryFailure(
-                FailureKind.INVALID_OUTPUT,
-                f"log_probs returned shape {tuple(log_probs.shape)}, expected {expected} "
-                "(batch, positions, vocabulary)",
-            )
-        if not log_probs.is_floating_point():
-            raise EntryFailure(FailureKind.INVALID_OUTPUT,
-                               f"log_probs returned dtype {log_probs.dtype}, expected a float dtype")
-        if log_probs.device.type != self.device.type:
-            raise EntryFailure(FailureKind.INVALID_OUTPUT,
-                               f"log_probs returned a tensor on {log_probs.device}, expected {self.device}")
-        self._check_finite(log_probs)
-        worst = self._normalisation_error(log_probs)
-        if not worst <= self.tol:
-            raise EntryFailure(
-                FailureKind.INVALID_OUTPUT,
-                f"log_probs are not normalised: logsumexp over the vocabulary is off 0 by up to {worst:.4g} "
-                f"(tolerance {self.tol}); return log_softmax of your logits",
-            )
-
-    def _check_finite(self, log_probs: torch.Tensor) -> None:
-        # aminmax is one cheap pass; isfinite() would allocate a (B, T, V) bool tensor.
-        low, high = (value.item() for value in torch.aminmax(log_probs))
-        if not (math.isfinite(low) and math.isfinite(high)):
-            bad = (~torch.isfinite(log_probs)).nonzero()[0].tolist()  # slow path, only to say where
-            raise EntryFailure(
-                FailureKind.INVALID_OUTPUT,
-                f"log_probs holds a non-finite value ({log_probs[tuple(bad)].item()}) at "
-                f"[batch, position, word] = {bad}",
-            )
-        if high > self.tol:
-            raise EntryFailure(FailureKind.INVALID_OUTPUT,
-                               f"log_probs holds a positive value ({high:.4g}): these are not log-probabilities")
-
-    def _normalisation_error(self, log_probs: torch.Tensor) -> float:
-        """max over positions of |log sum_v exp(log_probs[..., v])|; values are <= tol, so exp is safe."""
-        flat = log_probs.reshape(-1, self.vocab_size)  # (B * (C + W), V)
-        worst = 0.0
-        for start in range(0, flat.shape[0], self.CHUNK_ROWS):
-            part = flat[start:start + self.CHUNK_ROWS]
-            scratch = self._scratch[:part.shape[0]]
-            torch.exp(part, out=scratch)
-            worst = max(worst, scratch.sum(dim=-1).log().abs().max().item())
-        return worst
-
-
-def audit_causality(
-    entry: Entry, targets: torch.Tensor, *, eos_id: int, vocab_size: int, device: torch.device,
-    protocol: EvalProtocol, seed: int,
-) -> None:
-    """Change every input after a random position p; log-probs at positions <= p must not move.
-
-    Call inside `scoring_mode(entry)`. Two rows per window, so mixing across rows is caught too.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    check = OutputChecker(vocab_size, device, protocol.normalisation_tol)
-    length = entry.eval_context + protocol.window
-    inputs = torch.cat([torch.tensor([eos_id]), targets[:-1]])
-    limit = inputs.numel() - length
-    for _ in range(protocol.causality_windows):
-        starts = torch.randint(length, max(length + 1, limit), (2,), generator=generator).tolist()
-        x = torch.stack([inputs[s:s + length] for s in starts])  # (2, length)
-        prefix = torch.stack([inputs[s - length:s] for s in starts])  # what came just before
-        cut = int(torch.randint(0, length - 1, (1,), generator=generator))
-        shift = torch.randint(1, vocab_size, x[:, cut + 1:].shape, generator=generator)
-        changed = x.clone()
-        changed[:, cut + 1:] = (x[:, cut + 1:] + shift) % vocab_size  # every later token differs
-        # From a fresh state, and from the state a real preceding window leaves: a model must not
-        # be causal only when its state is empty.
-        for state_of in (lambda: entry.initial_state(2), lambda: _state_after(entry, prefix, device, check)):
-            first, _ = unpack_output(entry.log_probs(x.to(device), state_of()))
-            check(first, 2, length)
-            second, _ = unpack_output(entry.log_probs(changed.to(device), state_of()))
-            check(second, 2, length)
-            drift = (first[:, :cut + 1].float() - second[:, :cut + 1].float()).abs().max().item()
-            if drift > protocol.causality_tol:
-                raise EntryFailure(
-                    FailureKind.CAUSALITY_VIOLATION,
-                    f"causality check failed: changing the inputs after position {cut} changed the "
-                    f"log-probs at positions 0..{cut} by up to {drift:.3g}; position t may only "
-                    "depend on inputs[:, :t+1] (use a causal mask, not a bidirectional model)",
-                )
-
-
-def _state_after(entry: Entry, prefix: torch.Tensor, device: torch.device, check: OutputChecker) -> Any:
-    """The state after reading `prefix` from a fresh state (computed anew for every use)."""
-    log_probs, state = unpack_output(entry.log_probs(prefix.to(device), entry.initial_state(prefix.shape[0])))
-    check(log_probs, prefix.shape[0], prefix.shape[1])
-    return state
-
-
-# --- Weights: what the entry holds, and proof that scoring leaves it alone --------------------
-
-
-def entry_modules(entry: Entry) -> list[torch.nn.Module]:
-    return [value for _, value in _attributes(entry) if isinstance(value, torch.nn.Module)]
-
-
-def entry_tensors(entry: Entry) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every parameter and buffer of the entry's modules, and every tensor attribute."""
-    for name, value in _attributes(entry):
-        if isinstance(value, torch.nn.Module):
-            for key, tensor in value.state_dict(keep_vars=True).items():
-                yield f"{name}.{key}", tensor
-        elif isinstance(value, torch.Tensor):
-            yield name, value
-
-
-def _attributes(entry: Entry) -> Iterator[tuple[str, Any]]:
-    """Attributes of the entry, looking one level into lists, tuples and dicts."""
-    for name, value in sorted(vars(entry).items()):
-        if isinstance(value, (list, tuple)):
-            yield from ((f"{name}[{i}]", item) for i, item in enumerate(value))
-        elif isinstance(value, dict):
-            yield from ((f"{name}[{key!r}]", item) for key, item in value.items())
+    def __init__(self, split: str, ids: np.ndarray, eos_id: int, vocab_size: int, protocol: EvalProtocol,
+                 context: int, window: int, track: str = "causal", mask_id: int | None = None) -> None:
+        self.split, self.ids, self.eos_id, self.vocab_size = split, ids, eos_id, vocab_size
+        self.protocol, self.context, self.window = protocol, context, min(window, protocol.window)
+        self.track, self.mask_id = track, mask_id
+        self.audits = {"causality_audits": 0, "replay_probes": 0}
+        self._rng = np.random.default_rng(secrets.randbits(64))  # unknowable to the entry
+        self._columns = torch.from_numpy(self._rng.choice(vocab_size, min(vocab_size, protocol.fingerprint_columns),
+                                                          replace=False))
+        self._prints: dict[tuple[str, tuple[int, int]], list[tuple[Request, torch.Tensor]]] = {}
+        self._first_lane = int(self._rng.integers(2))  # groups alternate between the two scorers
+        self.groups: list[_Group] = []
+        self.requests: list[Request] = []
+        if track == "mlm":
+            self._plan_masked()
         else:
-            yield name, value
+            self._plan_causal()
+        # Windows that an audit or replay copies: their scored rows are fingerprinted too.
+        self._referenced = {r.ref for r in self.requests if r.role != "score"}
+
+    # --- Planning ------------------------------------------------------------------------------
+
+    def _plan_causal(self) -> None:
+        p, c, w = self.protocol, self.context, self.window
+        eos_id = int(self.eos_id)
+        targets = self.ids
+        inputs = np.concatenate([[eos_id], targets[:-1]])  # inputs[i] precedes targets[i]
+        bounds = segment_bounds(targets, eos_id, p.segment_tokens)
+        primary: list[Request] = []
+        for first in range(0, len(bounds), p.batch_size):
+            group = bounds[first:first + p.batch_size]
+            rows, longest = len(group), max(end - start for start, end in group)
+            x = np.full((rows, c + longest), eos_id, dtype=np.int32)  # left-padded with C <eos>
+            y = np.full((rows, longest), -1, dtype=np.int64)           # -1: padding, never scored
+            for row, (start, end) in enumerate(group):
+                x[row, c:c + end - start] = inputs[start:end]
+                y[row, :end - start] = targets[start:end]
+            offsets = list(range(0, longest, w))
+            index = len(self.groups)
+            self.groups.append(_Group(group, x, y, offsets, lane=(index + self._first_lane) % 2))
+            stream = _stream_name()
+            for k, _ in enumerate(offsets):
+                primary.append(Request(self._window(index, k), stream, fresh=k == 0, keep=k < len(offsets) - 1,
+                                       role="score", ref=(index, k), lane=self.groups[index].lane))
+        self.token_nll = np.zeros(targets.size, dtype=np.float64)
+        self.times_scored = np.zeros(targets.size, dtype=np.int32)
+        shadows = [self._causal_audit(warm=i > 0) for i in range(p.causality_audits)]
+        shadows += [self._replay() for _ in range(max(0, p.replay_probes - 1))]
+        self.requests = self._interleave(primary, shadows, last=self._replay())
+
+    def _window(self, group: int, k: int) -> np.ndarray:
+        g = self.groups[group]
+        offset = g.offsets[k]
+        width = min(self.window, g.y.shape[1] - offset)
+        return g.x[:, offset:offset + self.context + width]  # (rows, C + width)
+
+    def _causal_audit(self, warm: bool) -> list[Request]:
+        """A fresh stream that replays the first k windows of a group, then sends window k with every
+        input after a random position changed: rows at positions <= that cut must not move."""
+        group = int(self._rng.integers(len(self.groups)))
+        windows = len(self.groups[group].offsets)
+        k = int(self._rng.integers(1, min(3, windows - 1) + 1)) if warm and windows > 1 else 0
+        stream = _stream_name()
+        lane = 1 - self.groups[group].lane
+        block = [Request(self._window(group, i), stream, fresh=i == 0, keep=True, role="replay", ref=(group, i),
+                         lane=lane) for i in range(k)]
+        original = self._window(group, k)
+        cut = int(self._rng.integers(0, max(1, original.shape[1] - 1)))
+        changed = original.copy()
+        shift = self._rng.integers(1, self.vocab_size, size=changed[:, cut + 1:].shape)
+        changed[:, cut + 1:] = (changed[:, cut + 1:] + shift) % self.vocab_size
+        block.append(Request(changed, stream, fresh=k == 0, keep=False, role="audit", ref=(group, k), cut=cut,
+                             lane=lane))
+        self.audits["causality_audits"] += 1
+        self.audits["replay_probes"] += k
+        return block
+
+    def _replay(self) -> list[Request]:
+        group = int(self._rng.integers(len(self.groups)))
+        self.audits["replay_probes"] += 1
+        lane = 1 - self.groups[group].lane
+        inputs = self.groups[group].x if self.track == "mlm" else self._window(group, 0)
+        return [Request(inputs, _stream_name(), True, False, "replay", (group, 0), lane=lane)]
+
+    def _interleave(self, primary: list[Request], shadows: list[list[Request]], last: list[Request]) -> list[Request]:
+        """Shadow blocks at random points of the primary sequence (before or after the window they
+        copy, so a model cannot wait to see the original first); one replay closes the pass."""
+        slots = sorted(int(self._rng.integers(0, len(primary) + 1)) for _ in shadows)
+        order = self._rng.permutation(len(shadows))
+        result: list[Request] = []
+        blocks = iter(shadows[i] for i in order)
+        position = 0
+        for slot in slots:
+            result += primary[position:slot]
+            position = slot
+            result += next(blocks)
+        result += primary[position:]
+        return result + last
+
+    def _plan_masked(self) -> None:
+        """mlm: fixed masked windows of 128, fresh state each; targets stay here."""
+        inputs, targets = eval_masking(torch.from_numpy(self.ids.astype(np.int64)), int(self.mask_id))
+        primary = []
+        for first in range(0, inputs.shape[0], self.protocol.batch_size):
+            x = inputs[first:first + self.protocol.batch_size].numpy().astype(np.int32)
+            y = targets[first:first + self.protocol.batch_size].numpy()
+            index = len(self.groups)
+            self.groups.append(_Group([], x, y, [0], lane=(index + self._first_lane) % 2))
+            primary.append(Request(x, _stream_name(), True, False, "score", (index, 0), lane=self.groups[index].lane))
+        self.nll_sum, self.correct, self.masked = 0.0, 0, 0
+        self.expected_masked = int((targets != IGNORE).sum())
+        shadows = [self._replay() for _ in range(max(0, self.protocol.replay_probes - 1))]
+        self.requests = self._interleave(primary, shadows, last=self._replay())
+
+    # --- Taking rows -------------------------------------------------------------------------------
+
+    def take(self, request: Request, rows: torch.Tensor) -> None:
+        """Check one block of rows (B, L, V) float32 and account for it."""
+        lse = check_rows(rows, self.vocab_size, self.protocol.normalisation_tol)  # (B, L)
+        if request.role == "score":
+            if self.track == "mlm":
+                self._score_masked(request, rows, lse)
+            else:
+                self._score_causal(request, rows, lse)
+        if self._needs_print(request):
+            self._prints.setdefault((request.role, request.ref), []).append((request, self._print(rows, lse)))
+
+    def _needs_print(self, request: Request) -> bool:
+        return request.role != "score" or request.ref in self._referenced
+
+    def _print(self, rows: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+        """(B, L, K) renormalised log-probs at the fingerprint columns."""
+        return rows.index_select(-1, self._columns) - lse.unsqueeze(-1)
+
+    def _score_causal(self, request: Request, rows: torch.Tensor, lse: torch.Tensor) -> None:
+        group = self.groups[request.ref[0]]
+        offset = group.offsets[request.ref[1]]
+        width = rows.shape[1] - self.context
+        window_targets = torch.from_numpy(group.y[:, offset:offset + width])  # (B, width), -1 = pad
+        picked = rows[:, self.context:, :].gather(-1, window_targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        nll = (lse[:, self.context:].double() - picked.double()).numpy()  # renormalised NLL, (B, width)
+        for row, (start, end) in enumerate(group.bounds):
+            length = max(0, min(width, end - start - offset))
+            self.token_nll[start + offset:start + offset + length] = nll[row, :length]
+            self.times_scored[start + offset:start + offset + length] += 1
+
+    def _score_masked(self, request: Request, rows: torch.Tensor, lse: torch.Tensor) -> None:
+        y = torch.from_numpy(self.groups[request.ref[0]].y)  # (B, 128), IGNORE where not scored
+        scored = y != IGNORE
+        picked = rows[scored]  # (M, V)
+        words = y[scored]
+        self.nll_sum += float((lse[scored].double() - picked.gather(1, words.unsqueeze(1)).squeeze(1).double()).sum())
+        self.correct += int((picked.argmax(dim=1) == words).sum())
+        self.masked += int(scored.sum())
+
+    # --- The verdict ---------------------------------------------------------------------------------
+
+    def result(self) -> SplitScore | MaskedScore:
+        """The score, once every request's rows were taken; raises ScoreFailure for a failed audit."""
+        self._verify_audits()
+        if self.track == "mlm":
+            if self.masked != self.expected_masked:
+                raise RuntimeError(f"harness bug: {self.split} masked positions not all scored")
+            return MaskedScore(self.split, self.masked, self.nll_sum, self.correct)
+        if not (self.times_scored == 1).all():  # the protocol's own invariant, never the entry's fault
+            raise RuntimeError(f"harness bug: {self.split} tokens scored {np.unique(self.times_scored)} times")
+        return SplitScore(self.split, int(self.ids.size), float(self.token_nll.sum()), self.token_nll)
+
+    def _verify_audits(self) -> None:
+        tol = self.protocol.audit_tol
+        # Causality audits first: a model that peeks usually also fails a replay, and the audit names why.
+        for (role, ref), prints in sorted(self._prints.items(), key=lambda item: item[0][0] != "audit"):
+            if role == "score":
+                continue
+            originals = self._prints.get(("score", ref))
+            if not originals:
+                raise RuntimeError(f"harness bug: no scored rows kept for window {ref}")
+            original = originals[0][1]
+            for request, copy in prints:
+                limit = request.cut + 1 if role == "audit" else original.shape[1]
+                drift = float((copy[:, :limit] - original[:, :limit]).abs().max()) if limit > 0 else 0.0
+                if not drift <= tol:
+                    raise ScoreFailure(*_audit_failure(role, drift, request.cut, self.split))
 
 
-def parameter_count(entry: Entry) -> int:
-    seen: set[int] = set()
-    total = 0
-    for module in entry_modules(entry):
-        for parameter in module.parameters():
-            if id(parameter) not in seen:
-                seen.add(id(parameter))
-                total += parameter.numel()
-    return total
+def _audit_failure(role: str, drift: float, cut: int, split: str) -> tuple[FailureKind, str]:
+    if role == "audit":
+        return (FailureKind.CAUSALITY_VIOLATION,
+                f"causality check failed on {split}: changing the inputs after position {cut} changed the "
+                f"log-probs at positions 0..{cut} by up to {drift:.3g}; position t may only depend on "
+                "inputs[:, :t+1] and the state (use a causal mask, not a bidirectional model)")
+    return (FailureKind.WEIGHTS_MODIFIED,
+            f"the entry's weights changed while it was being scored: a {split} window scored again from a "
+            f"fresh state gave log-probs that differ by up to {drift:.3g}; log_probs must not update "
+            "parameters, buffers or state (nor may anything train in the background), and must be deterministic")
 
 
-def weights_fingerprint(entry: Entry) -> str:
-    digest = hashlib.sha256()
-    with torch.no_grad():
-        for name, tensor in entry_tensors(entry):
-            data = tensor.detach().to("cpu").contiguous().reshape(-1)
-            digest.update(name.encode())
-            digest.update(str(data.dtype).encode())
-            digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    return digest.hexdigest()
+def check_rows(rows: torch.Tensor, vocab_size: int, tol: float) -> torch.Tensor:
+    """Finite, <= 0 and normalised at every position; returns logsumexp over V, (B, L)."""
+    if rows.dim() != 3 or rows.shape[-1] != vocab_size:
+        raise ScoreFailure(FailureKind.INVALID_OUTPUT, f"log_probs rows have shape {tuple(rows.shape)}")
+    low, high = (value.item() for value in torch.aminmax(rows))  # one cheap pass
+    if not (math.isfinite(low) and math.isfinite(high)):
+        bad = (~torch.isfinite(rows)).nonzero()[0].tolist()  # slow path, only to say where
+        raise ScoreFailure(FailureKind.INVALID_OUTPUT,
+                           f"log_probs holds a non-finite value ({rows[tuple(bad)].item()}) at "
+                           f"[batch, position, word] = {bad}")
+    if high > tol:
+        raise ScoreFailure(FailureKind.INVALID_OUTPUT,
+                           f"log_probs holds a positive value ({high:.4g}): these are not log-probabilities")
+    lse = torch.logsumexp(rows, dim=-1)  # (B, L)
+    worst = float(lse.abs().max())
+    if not worst <= tol:
+        raise ScoreFailure(FailureKind.INVALID_OUTPUT,
+                           f"log_probs are not normalised: logsumexp over the vocabulary is off 0 by up to "
+                           f"{worst:.4g} (tolerance {tol}); return log_softmax of your logits")
+    return lse
 
 
-@contextmanager
-def scoring_mode(entry: Entry) -> Iterator[None]:
-    """Eval mode and `torch.inference_mode()` inside; raises WEIGHTS_MODIFIED if weights changed."""
-    modules = entry_modules(entry)
-    was_training = [module.training for module in modules]
-    before = weights_fingerprint(entry)
-    for module in modules:
-        module.train(False)
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        for module, mode in zip(modules, was_training):
-            module.train(mode)
-    if weights_fingerprint(entry) != before:
-        raise EntryFailure(
-            FailureKind.WEIGHTS_MODIFIED,
-            "the entry's weights changed while it was being scored; log_probs must not update "
-            "parameters, buffers or tensor attributes",
-        )
+def _stream_name() -> str:
+    return secrets.token_hex(8)
+
+
+def sentence_nll(token_nll: np.ndarray, ids: np.ndarray, eos_id: int) -> np.ndarray:
+    """(S,) NLL summed over each sentence (its words and its <eos>), in split order."""
+    ends = np.flatnonzero(ids == eos_id)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    return np.add.reduceat(token_nll, starts)
+
+
+def payload_of(request: Request) -> bytes:
+    return np.ascontiguousarray(request.inputs, dtype="<i4").tobytes()
+
+
+def describe_audits(counts: dict[str, Any]) -> str:
+    return f"{counts.get('causality_audits', 0)} causality audits, {counts.get('replay_probes', 0)} replay probes"

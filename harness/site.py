@@ -42,6 +42,8 @@ class SiteOptions:
     phase: str
     competition_name: str = "PTB word level"
     templates: Path = LEADERBOARD_DIR
+    tracks: tuple[str, ...] = ("causal", "mlm")
+    """Only these tracks get a ranking (the competition config's `tracks`)."""
     competition: Competition = field(default_factory=Competition)
     """Its divisions, evals and pinned hyper-parameters define each entry's official configuration."""
     current_sources: dict[str, str] | None = None
@@ -61,7 +63,7 @@ def _environment(templates: Path) -> jinja2.Environment:
         loader=jinja2.FileSystemLoader(templates / "templates"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
     )
-    env.filters.update(ppl=_ppl, count=_count, bytes=format_bytes, seconds=_seconds, date=_date,
+    env.filters.update(ppl=_ppl, count=_count, params=_params, text=_text, bytes=format_bytes, seconds=_seconds, date=_date,
                        number=short_number)
     return env
 
@@ -72,9 +74,10 @@ def build_site(store: Store, options: SiteOptions) -> list[Path]:
     out = options.out_dir
     (out / "entries").mkdir(parents=True, exist_ok=True)
     runs = classified_runs(store, options.competition, options.current_sources)
-    rankings = leaderboard(store, options.phase, competition=options.competition,
-                           current_sources=options.current_sources,
-                           references=load_references(options.templates / "references.json"))
+    rankings = [ranking for ranking in leaderboard(store, options.phase, competition=options.competition,
+                                                   current_sources=options.current_sources,
+                                                   references=load_references(options.templates / "references.json"))
+                if ranking.track in options.tracks]
     frame = runs[runs["counted"]]
     failed = failures(store, competition=options.competition, current_sources=options.current_sources)
     common = {"competition": options.competition_name, "phase": options.phase,
@@ -137,17 +140,23 @@ def _entry_page(env: jinja2.Environment, store: Store, entry: str, standing: dic
     counted = [run for run in runs if standing[run.id]["counted"]]
     latest = (counted or runs)[-1]  # the heading and source describe the ranked configuration where there is one
     views = [_run_view(run, common["phase"], standing[run.id]) for run in runs]
-    ok_runs = [run for run in runs if run.status == RunStatus.OK.value and run.curve]
+    # Every run that saved curve points draws them: an interrupted or timed-out run keeps its curve.
+    with_curve = [run for run in runs if run.curve]
     curves = [
         line_chart("Validation perplexity against training time", "training seconds", "valid perplexity",
-                   [(f"run {r.id} (seed {r.seed})", [(p.train_seconds, p.valid_ppl) for p in r.curve]) for r in ok_runs]),
+                   [(_curve_label(r), [(p.train_seconds, p.valid_ppl) for p in r.curve]) for r in with_curve]),
         line_chart("Validation perplexity against tokens trained", "tokens", "valid perplexity",
-                   [(f"run {r.id} (seed {r.seed})", [(p.tokens, p.valid_ppl) for p in r.curve]) for r in ok_runs]),
+                   [(_curve_label(r), [(p.tokens, p.valid_ppl) for p in r.curve]) for r in with_curve]),
     ]
     source = highlight(latest.source, PythonLexer(), HtmlFormatter(linenos="table", cssclass="source"))
     return _render(env, "entry.html", out / "entries" / entry_filename(entry), root="../", entry=entry,
                    latest=latest, runs=views, curves=[c for c in curves if c is not None],
                    source_html=source, **common)
+
+
+def _curve_label(run: Run) -> str:
+    status = "" if run.status == RunStatus.OK.value else f", {run.status}"
+    return f"run {run.id} (seed {run.seed}{status})"
 
 
 def _entry_runs(store: Store, entry: str) -> list[Run]:
@@ -201,11 +210,13 @@ def _records(frame: pd.DataFrame, split: str) -> list[dict[str, Any]]:
 def _history_chart(frame: pd.DataFrame, split: str) -> Any:
     records = _records(frame, split)
     lines: dict[str, list[tuple[float, float]]] = {}
+    names: dict[str, list[str]] = {}
     for record in records:
         label = f"{record['track']} / {record['division']}"
-        lines.setdefault(label, []).append((pd.Timestamp(record["date"]).timestamp() / 86400.0, record["score"]))
-    return line_chart(f"Best {split} perplexity over time (days since 1970)", "day", f"{split} perplexity",
-                      list(lines.items()))
+        lines.setdefault(label, []).append((pd.Timestamp(record["date"]).timestamp(), record["score"]))
+        names.setdefault(label, []).append(str(record["entry"]))
+    return line_chart(f"Best {split} perplexity over time", "date (UTC)", f"{split} perplexity",
+                      list(lines.items()), x_dates=True, tags=[names[label] for label in lines])
 
 
 def _tradeoff_charts(rankings: list[Ranking]) -> list[Any]:
@@ -215,8 +226,9 @@ def _tradeoff_charts(rankings: list[Ranking]) -> list[Any]:
         split = ranking.split
         where = f"{ranking.track} track, {ranking.division} division"
         for column, label in (("param_count", "parameters"), ("train_seconds", "training seconds")):
-            items = [(float(r[column] or 0), float(r[f"{split}_ppl"]), str(r["entry"]),
-                      "entries/" + entry_filename(r["entry"])) for r in rows]
+            # A count model has no parameters (0 or not recorded): it stays on the chart, at "0".
+            items = [(0.0 if _missing(r[column]) else float(r[column]), float(r[f"{split}_ppl"]),
+                      str(r["entry"]), "entries/" + entry_filename(r["entry"])) for r in rows]
             chart = scatter_chart(f"{split} perplexity against {label} ({where})", label, f"{split} perplexity", items)
             if chart is not None:
                 charts.append(chart)
@@ -269,6 +281,16 @@ def _ppl(value: Any) -> str:
 
 def _count(value: Any) -> str:
     return "–" if _missing(value) else short_number(float(value)) if float(value) >= 1000 else f"{float(value):.0f}"
+
+
+def _text(value: Any) -> str:
+    """A text column that may be missing (None, or NaN once it went through pandas): "" then."""
+    return "" if _missing(value) else str(value)
+
+
+def _params(value: Any) -> str:
+    """A parameter count; "n/a" for models without parameters (count models record 0)."""
+    return "n/a" if _missing(value) or float(value) == 0 else _count(value)
 
 
 def _seconds(value: Any) -> str:

@@ -1,45 +1,34 @@
-"""The parent side of a run: spawn the child, watch its clock and memory, kill it, record it.
+"""The driver's side of runs: decide what runs, hand each run to an executor, record the results.
 
-Each run is a fresh Python process (`python -m harness.worker`, spawned, never forked) in its
-own session, so the supervisor can kill it and everything it started. The child receives only the
-train and valid splits; the test ids are written for it once it reports that training is over.
+A run itself is `harness.execution.execute_run` (sandboxed processes, clock, scoring, checks; no
+database). This module claims runs in the store, starts them through an executor, and writes what
+comes back. Names, tracks and authors are read from the entry's source here (never from a child),
+and a submission that takes a reserved or duplicate name fails alone.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import subprocess
-import sys
+import secrets
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
 import harness
-from harness.budget import RunLimits, format_bytes, kill_tree, tree_rss
-from harness.channel import Channel, ChannelClosed, ProtocolError
+from harness.budget import RunLimits
 from harness.data import Corpus
-from harness.entries import EntrySource
+from harness.entries import EntrySource, static_metadata
 from harness.errors import FailureKind, RunStatus
-from harness.scoring import EvalProtocol
-from harness.sandbox import Cgroup, Isolation, SandboxSpec, bwrap_command, child_preexec, sandbox_environment
+from harness.execution import RunData, RunResult, RunSpec, execute_run
 from harness.provenance import hardware_fingerprint, harness_git_commit, run_key
+from harness.sandbox import Confinement
+from harness.scoring import EvalProtocol, MaskedScore, SplitScore
 from harness.store import Store
-
-PACKAGE_ROOT = Path(harness.__file__).resolve().parent.parent
-POLL_SECONDS = 0.1
-MAX_LOG_BYTES = 16 * 2**20       # a run printing more than this is stopped
-MAX_CHILD_PROCESSES = 64         # a run starting more processes than this is stopped
-STARTUP_CAP_SECONDS = 120.0
-LOG_TAIL_BYTES = 8192
-CHECK_TIMEOUT_SECONDS = 120.0
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -62,6 +51,9 @@ class RunRequest:
     protocol: EvalProtocol = field(default_factory=EvalProtocol)
     division: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    disk_bytes: int = 2**30
+    problem: str | None = None
+    """Set when the entry may not run at all (a reserved or duplicate name): it fails alone."""
 
     def key(self, data_checksums: dict[str, str]) -> str:
         """Everything that determines the result; runs with equal keys are interchangeable."""
@@ -72,8 +64,15 @@ class RunRequest:
             protocol=asdict(self.protocol), harness=harness.__version__,
         )
 
+    def spec(self) -> RunSpec:
+        meta = static_metadata(self.entry)
+        return RunSpec(entry_name=self.entry.name, source=self.entry.source, source_hash=self.entry.source_hash,
+                       track=meta["track"], hparams=self.hparams, seed=self.seed, device=self.device,
+                       threads=self.threads, limits=self.limits, protocol=self.protocol, disk_bytes=self.disk_bytes)
+
     def row_fields(self, data_checksums: dict[str, str]) -> dict[str, Any]:
-        """The columns a run row starts with."""
+        """The columns a run row starts with; name, authors and track from the parent's reading of the source."""
+        meta = static_metadata(self.entry)
         return dict(
             entry=self.entry.name, entry_kind=self.entry.kind, entry_path=str(self.entry.path),
             source_hash=self.entry.source_hash, source=self.entry.source, hparams=self.hparams,
@@ -81,7 +80,8 @@ class RunRequest:
             budget_seconds=self.limits.seconds, memory_limit_bytes=self.limits.memory_bytes,
             eval_protocol=asdict(self.protocol), data_checksums=dict(data_checksums),
             harness_version=harness.__version__, git_commit=harness_git_commit(), division=self.division,
-            hardware=hardware_fingerprint(self.device), config=self.config,
+            hardware=hardware_fingerprint(self.device), config=self.config, display_name=meta["name"],
+            authors=meta["authors"], description=meta["description"], track=meta["track"],
         )
 
 
@@ -104,192 +104,20 @@ class RunOutcome:
         return {**asdict(self), "status": self.status.value}
 
 
-def child_environment(threads: int, seed: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
-    env.update({
-        "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONHASHSEED": str(seed),
-        "PYTHONUNBUFFERED": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-    })
-    return env
-
-
-@dataclass(frozen=True)
-class Confinement:
-    """How children are isolated: the sandbox mode and what they must not see."""
-
-    sandbox: str = "none"
-    """`bwrap` or `none` (already resolved from `auto`)."""
-    hidden: tuple[Path, ...] = ()
-    note: str = ""
-
-
-class ChildProcess:
-    """A `harness.worker` child with its channel, log file, limits and resource watch."""
-
-    def __init__(self, mode: str, spec: dict[str, Any], run_dir: Path, threads: int, seed: int,
-                 confinement: Confinement = Confinement(), memory_bytes: int | None = None) -> None:
-        run_dir = run_dir.resolve()  # the child runs inside it: every path it gets is absolute
-        run_dir.mkdir(parents=True, exist_ok=True)
-        spec_path = run_dir / f"{mode}-spec.json"
-        spec_path.write_text(json.dumps(spec, indent=1))
-        self.log_path = run_dir / "output.log"
-        self.cgroup, cgroup_note = (None, "") if memory_bytes is None else Cgroup.create(
-            f"ptb-harness-{os.getpid()}-{run_dir.name}-{mode}", memory_bytes)
-        self.isolation = Isolation(confinement.sandbox, "cgroup" if self.cgroup else "monitor",
-                                   "; ".join(n for n in (confinement.note, cgroup_note) if n))
-        parent_sock, child_sock = socket.socketpair()
-        command = [sys.executable, "-m", "harness.worker", mode, str(spec_path), str(child_sock.fileno())]
-        env = child_environment(threads, seed)
-        if confinement.sandbox == "bwrap":
-            entries = [spec["entry_path"]] if "entry_path" in spec else spec.get("paths", [])
-            readable = [Path(sys.prefix), Path(sys.base_prefix), PACKAGE_ROOT, *map(Path, entries)]
-            readable += [Path(spec["data_path"])] if "data_path" in spec else []
-            env = {**sandbox_environment(env), "HARNESS_SANDBOX": "bwrap"}
-            command = bwrap_command(command, SandboxSpec(run_dir, readable, confinement.hidden, env))
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, pass_fds=(child_sock.fileno(),), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, cwd=run_dir, env=env,
-                preexec_fn=child_preexec(self.cgroup),
-            )
-        child_sock.close()
-        self.channel = Channel(parent_sock)
-        self.exit_code: int | None = None
-        self.kernel_peak_rss = 0
-        self.sampled_peak_rss = 0
-
-    def log_bytes(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
-
-    def process_count(self) -> int:
-        try:
-            return 1 + len(psutil.Process(self.pid).children(recursive=True))
-        except psutil.Error:
-            return 0
-
-    def oom_killed(self) -> bool:
-        return self.cgroup is not None and self.cgroup.oom_killed()
-
-    def release(self) -> None:
-        if self.cgroup is not None:
-            self.cgroup.kill_all()
-            self.cgroup.remove()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def sample_memory(self) -> int:
-        rss = tree_rss(self.pid)
-        self.sampled_peak_rss = max(self.sampled_peak_rss, rss)
-        return rss
-
-    def reap(self, block: bool) -> bool:
-        """True once the child has exited; records its exit code and the kernel's peak RSS."""
-        if self.exit_code is not None:
-            return True
-        pid, status, usage = os.wait4(self.pid, 0 if block else os.WNOHANG)
-        if pid == 0:
-            return False
-        self.exit_code = os.waitstatus_to_exitcode(status)
-        self.process.returncode = self.exit_code  # we reaped it; keep Popen consistent
-        self.kernel_peak_rss = usage.ru_maxrss * 1024  # Linux reports KiB
-        return True
-
-    def kill(self) -> None:
-        """Kill the child's whole tree (idempotent) and reap it."""
-        kill_tree(self.pid, include_root=self.exit_code is None)
-        if self.cgroup is not None:
-            self.cgroup.kill_all()  # anything that left the process group is still in the cgroup
-        self.reap(block=True)
-
-    def receive(self, timeout: float) -> list[dict[str, Any]]:
-        try:
-            return self.channel.receive(timeout)
-        except ChannelClosed:
-            return [{"type": "closed"}]
-
-    def log_tail(self) -> str:
-        try:
-            with self.log_path.open("rb") as log:
-                log.seek(0, os.SEEK_END)
-                size = log.tell()
-                log.seek(max(0, size - LOG_TAIL_BYTES))
-                return log.read().decode("utf-8", errors="replace")
-        except OSError:
-            return ""
-
-    @property
-    def peak_rss(self) -> int:
-        cgroup_peak = self.cgroup.peak_bytes() if self.cgroup is not None else 0
-        return max(self.kernel_peak_rss, self.sampled_peak_rss, cgroup_peak)
-
-
-@dataclass
-class Watch:
-    """The supervisor's own clock of the child's phases, independent of what the child reports."""
-
-    limits: RunLimits
-    phase: str = "starting"
-    phase_started: float = field(default_factory=time.monotonic)
-    training_started: float | None = None
-    paused_seconds: float = 0.0
-    eval_passes: int = 0
-
-    def enter(self, phase: str) -> None:
-        now = time.monotonic()
-        if self.phase == "eval":
-            # A pass counts as paused only up to its cap, and only for the passes the cadence allows.
-            if self.eval_passes <= self.limits.evals + 1:
-                self.paused_seconds += min(now - self.phase_started, self.limits.eval_cap_seconds)
-        if phase == "training" and self.training_started is None:
-            self.training_started = now
-        if phase == "eval":
-            self.eval_passes += 1
-        self.phase, self.phase_started = phase, now
-
-    def overrun(self) -> str | None:
-        """Why the child must be killed now for time, or None."""
-        now = time.monotonic()
-        in_phase = now - self.phase_started
-        limits = self.limits
-        if self.phase == "starting" and in_phase > STARTUP_CAP_SECONDS:
-            return f"the run did not start within {STARTUP_CAP_SECONDS:.0f} s"
-        if self.phase == "training" and self.training_started is not None:
-            used = now - self.training_started - self.paused_seconds
-            if used > limits.kill_after_seconds:
-                return (f"training ran {used:.1f} s, past the {limits.seconds:.0f} s budget plus "
-                        f"{limits.grace:.0f} s grace (a train_step that does not return?)")
-        if self.phase == "eval" and in_phase > limits.eval_cap_seconds + limits.grace:
-            return f"a validation pass took over {limits.eval_cap_seconds:.0f} s"
-        if self.phase == "scoring" and in_phase > limits.scoring_cap_seconds + limits.grace:
-            return f"final scoring took over {limits.scoring_cap_seconds:.0f} s"
-        return None
-
-
 class Supervisor:
-    """Runs requests one after another, each in its own child, recording each in the store."""
+    """Runs requests one after another, each through `execute_run`, recording each in the store."""
 
     def __init__(self, store: Store, corpus: Corpus, runs_dir: Path, on_event: EventSink | None = None,
                  confinement: Confinement = Confinement()) -> None:
         self.store = store
-        self.confinement = replace(confinement, hidden=(*confinement.hidden, runs_dir.resolve()))
         self.corpus = corpus
+        self.data = RunData.from_corpus(corpus)
         self.runs_dir = runs_dir.resolve()
+        self.confinement = confinement
         self.on_event = on_event or (lambda event: None)
-        self._scratch = tempfile.TemporaryDirectory(prefix="ptb-harness-")
-        # Only train and valid go to the child at start; test is written per run after training.
-        self.data_path = Path(self._scratch.name) / "train_valid.npz"
-        np.savez(self.data_path, vocab=np.array(corpus.vocab),
-                 train=corpus.split("train").numpy().astype(np.int32),
-                 valid=corpus.split("valid").numpy().astype(np.int32))
 
     def close(self) -> None:
-        self._scratch.cleanup()
+        return None
 
     def __enter__(self) -> Supervisor:
         return self
@@ -316,205 +144,100 @@ class Supervisor:
 
     def run(self, request: RunRequest, run_id: int | None = None) -> RunOutcome:
         """Run one request to its end; `run_id` is a row already claimed for it (else one is made)."""
+        checksums = dict(self.corpus.checksums)
         if run_id is None:
-            run_id = self.store.start_run(run_key=request.key(dict(self.corpus.checksums)),
-                                          **request.row_fields(dict(self.corpus.checksums)))
-        run_dir = self.runs_dir / str(run_id)
-        spec = {
-            "entry_path": str(request.entry.path), "hparams": request.hparams, "seed": request.seed,
-            "device": request.device, "threads": request.threads, "limits": asdict(request.limits),
-            "protocol": asdict(request.protocol), "data_path": str(self.data_path), "run_dir": str(run_dir),
-        }
+            run_id = self.store.start_run(run_key=request.key(checksums), **request.row_fields(checksums))
         self.on_event({"type": "run_started", "run_id": run_id, "entry": request.entry.name,
                        "budget": request.limits.seconds})
-        tracker = _RunTracker(self, run_id, request, run_dir)
+        if request.problem:
+            return self.record(run_id, request, RunResult(RunStatus.FAILED, FailureKind.CONTRACT_VIOLATION,
+                                                          request.problem))
+        events = _LiveEvents(self, run_id, request)
         try:
-            child = ChildProcess("run", spec, run_dir, request.threads, request.seed, self.confinement,
-                                 request.limits.memory_bytes)
-        except OSError as exc:
-            return tracker.finish_without_child(f"could not start the run's process: {exc}")
-        try:
-            return tracker.follow(child)
+            result = execute_run(request.spec(), self.data, self.confinement, self.runs_dir / str(run_id),
+                                 events)
         except BaseException:  # Ctrl-C or the supervisor failing: never leave the run `running`
-            child.kill()
-            tracker.record(child, RunStatus.INTERRUPTED, FailureKind.INTERRUPTED,
-                           "the harness was interrupted while this run was in progress")
+            self.store.finish_run(run_id, RunStatus.INTERRUPTED, failure=FailureKind.INTERRUPTED.value,
+                                  reason="the harness was interrupted while this run was in progress",
+                                  **events.partial())
             raise
-        finally:
-            child.release()
-            (run_dir / "test_ids.npy").unlink(missing_ok=True)
+        return self.record(run_id, request, result)
 
-
-class _RunTracker:
-    """Follows one child's messages to the end of the run and records the outcome."""
-
-    def __init__(self, supervisor: Supervisor, run_id: int, request: RunRequest, run_dir: Path) -> None:
-        self.supervisor = supervisor
-        self.store = supervisor.store
-        self.run_id = run_id
-        self.request = request
-        self.run_dir = run_dir
-        self.watch = Watch(request.limits)
-        self.result: dict[str, Any] | None = None
-        self.failure: dict[str, Any] | None = None
-        self.killed: tuple[RunStatus, FailureKind, str] | None = None
-
-    def follow(self, child: ChildProcess) -> RunOutcome:
-        limits = self.request.limits
-        while True:
-            try:
-                messages = child.receive(POLL_SECONDS)
-            except ProtocolError as exc:
-                self._kill(child, RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
-                           f"the run's process broke the harness protocol: {exc}")
-                break
-            if any(self._handle(child, message) for message in messages):
-                break
-            if child.reap(block=False):
-                # Exited, but something it started may still hold the channel open: drain and stop.
-                for message in child.receive(0.2):
-                    self._handle(child, message)
-                break
-            if child.oom_killed():  # the kernel's ceiling hit something in the run's cgroup
-                self._kill(child, RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY, _cgroup_oom(limits))
-                break
-            violation = _violation(child)
-            if violation:
-                self._kill(child, RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION, violation)
-                break
-            rss = child.sample_memory()
-            if rss > limits.memory_bytes:
-                self._kill(child, RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY,
-                           f"memory reached {format_bytes(rss)}, over the {format_bytes(limits.memory_bytes)} budget")
-                break
-            reason = self.watch.overrun()
-            if reason:
-                self._kill(child, RunStatus.TIMEOUT, FailureKind.TIMEOUT, reason)
-                break
-        child.kill()  # reaps it, and ends anything it left behind
-        return self._conclude(child)
-
-    def _handle(self, child: ChildProcess, message: dict[str, Any]) -> bool:
-        """Act on one message; True when the run is over (the channel closed)."""
-        kind = message.get("type")
-        if kind == "closed":
-            return True
-        if kind == "phase":
-            self.watch.enter(str(message.get("phase")))
-        elif kind == "environment":
-            fields = {k: message.get(k) for k in
-                      ("device_name", "torch_version", "python_version", "platform", "threads", "environment")}
-            self.store.update_run(self.run_id, **fields)
-        elif kind == "described":
-            self.store.update_run(self.run_id, display_name=_text(message.get("name")),
-                                  authors=_text(message.get("authors")), description=_text(message.get("description")),
-                                  track=_text(message.get("track")) or "causal", hparams=message.get("hparams") or {})
-        elif kind == "progress":
-            self.supervisor.on_event({**message, "run_id": self.run_id, "entry": self.request.entry.name})
-        elif kind == "curve":
-            point = {k: message.get(k) for k in ("train_seconds", "steps", "tokens", "valid_ppl")}
-            self.store.add_curve_point(self.run_id, **point)
-            self.supervisor.on_event({**message, "run_id": self.run_id, "entry": self.request.entry.name})
-        elif kind == "training_done":
-            self.watch.enter("scoring")
-            self.store.update_run(self.run_id, steps=message.get("steps"), epochs=message.get("epochs"),
-                                  tokens_trained=message.get("tokens"), train_seconds=message.get("train_seconds"),
-                                  stop_reason=_text(message.get("stop_reason")), param_count=message.get("param_count"))
-            self.supervisor.on_event({**message, "run_id": self.run_id, "entry": self.request.entry.name})
-        elif kind == "need_test":
-            self._send_test_split(child)
-        elif kind == "result":
-            self.result = message
-        elif kind == "failure":
-            self.failure = message
-        return False
-
-    def _send_test_split(self, child: ChildProcess) -> None:
-        path = self.run_dir / "test_ids.npy"
-        np.save(path, self.supervisor.corpus.split("test").numpy().astype(np.int32))
-        child.channel.send({"type": "test", "path": str(path)})
-
-    def _kill(self, child: ChildProcess, status: RunStatus, failure: FailureKind, reason: str) -> None:
-        child.kill()
-        self.killed = (status, failure, reason)
-
-    def _conclude(self, child: ChildProcess) -> RunOutcome:
-        limits = self.request.limits
-        if self.killed:
-            return self.record(child, *self.killed)
-        if child.oom_killed():
-            return self.record(child, RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY, _cgroup_oom(limits))
-        if child.peak_rss > limits.memory_bytes:
-            return self.record(child, RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY,
-                               f"peak memory {format_bytes(child.peak_rss)} exceeded the "
-                               f"{format_bytes(limits.memory_bytes)} budget")
-        if self.failure:
-            failure = FailureKind(self.failure.get("kind", FailureKind.RUNTIME_ERROR.value))
-            return self.record(child, failure.status, failure, _text(self.failure.get("reason")),
-                               traceback=_text(self.failure.get("traceback")))
-        if self.result:
-            return self.record(child, RunStatus.OK, None, None)
-        return self.record(child, RunStatus.FAILED, FailureKind.RUNTIME_ERROR, _exit_reason(child.exit_code))
-
-    def record(self, child: ChildProcess, status: RunStatus, failure: FailureKind | None, reason: str | None,
-               traceback: str | None = None) -> RunOutcome:
-        fields: dict[str, Any] = {
-            "failure": failure.value if failure else None, "reason": reason, "traceback": traceback,
-            "log_tail": child.log_tail(), "peak_memory_bytes": child.peak_rss or None,
-            "isolation": child.isolation.as_dict(),
-        }
-        if status is RunStatus.OK and self.result:
-            fields.update(_result_fields(self.result))
-        self.store.finish_run(self.run_id, status, **fields)
+    def record(self, run_id: int, request: RunRequest, result: RunResult) -> RunOutcome:
+        fields = result_fields(result)
+        if result.ok:
+            self._save_token_nll(run_id, result)
+        self.store.finish_run(run_id, result.status, **fields)
         outcome = RunOutcome(
-            run_id=self.run_id, entry=self.request.entry.name, status=status, failure=fields["failure"],
-            reason=reason, valid_ppl=fields.get("valid_ppl"), valid_tokens=fields.get("valid_tokens"),
+            run_id=run_id, entry=request.entry.name, status=result.status, failure=fields["failure"],
+            reason=result.reason, valid_ppl=fields.get("valid_ppl"), valid_tokens=fields.get("valid_tokens"),
             test_ppl=fields.get("test_ppl"), test_tokens=fields.get("test_tokens"),
-            peak_memory_bytes=fields["peak_memory_bytes"],
+            train_seconds=result.train_seconds, steps=result.steps, peak_memory_bytes=fields["peak_memory_bytes"],
         )
-        run = self.store.get_run(self.run_id)
-        if run is not None:
-            outcome.train_seconds, outcome.steps = run.train_seconds, run.steps
-        self.supervisor.on_event({"type": "run_finished", **outcome.as_dict()})
+        self.on_event({"type": "run_finished", **outcome.as_dict()})
         return outcome
 
-    def finish_without_child(self, reason: str) -> RunOutcome:
-        self.store.finish_run(self.run_id, RunStatus.FAILED, failure=FailureKind.HARNESS_ERROR.value, reason=reason)
-        return RunOutcome(self.run_id, self.request.entry.name, RunStatus.FAILED,
-                          FailureKind.HARNESS_ERROR.value, reason)
+    def _save_token_nll(self, run_id: int, result: RunResult) -> None:
+        folder = self.runs_dir / str(run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        for score in (result.valid, result.test):
+            if isinstance(score, SplitScore):
+                np.save(folder / f"{score.split}_token_nll.npy", score.token_nll.astype(np.float32))
 
 
-def _result_fields(result: dict[str, Any]) -> dict[str, Any]:
-    valid, test = result.get("valid") or {}, result.get("test") or {}
-    return {
-        "valid_ppl": valid.get("ppl"), "valid_tokens": valid.get("tokens"), "valid_nll_sum": valid.get("nll_sum"),
-        "test_ppl": test.get("ppl"), "test_tokens": test.get("tokens"), "test_nll_sum": test.get("nll_sum"),
-        "valid_accuracy": valid.get("accuracy"), "test_accuracy": test.get("accuracy"),
-        "valid_sentence_nll": _float32_bytes(valid.get("sentence_nll")),
-        "test_sentence_nll": _float32_bytes(test.get("sentence_nll")),
-        "param_count": result.get("param_count"), "peak_gpu_memory_bytes": result.get("peak_gpu_memory_bytes"),
-        "checks": result.get("checks") or {},
+class _LiveEvents:
+    """Forwards a run's events to the user and keeps the curve in the store as it grows."""
+
+    def __init__(self, supervisor: Supervisor, run_id: int, request: RunRequest) -> None:
+        self.supervisor, self.run_id, self.request = supervisor, run_id, request
+        self.last: dict[str, Any] = {}
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event["type"] == "curve":
+            point = {k: event[k] for k in ("train_seconds", "steps", "tokens", "valid_ppl")}
+            self.supervisor.store.add_curve_point(self.run_id, **point)
+        if event["type"] in ("progress", "curve"):
+            self.last = event
+        self.supervisor.on_event({**event, "run_id": self.run_id, "entry": self.request.entry.name})
+
+    def partial(self) -> dict[str, Any]:
+        """What an interrupted run keeps: its steps, tokens and time so far."""
+        return {"steps": self.last.get("step", self.last.get("steps")), "tokens_trained": self.last.get("tokens"),
+                "train_seconds": self.last.get("train_seconds")}
+
+
+def result_fields(result: RunResult) -> dict[str, Any]:
+    """The store's columns for a finished run."""
+    fields: dict[str, Any] = {
+        "failure": result.failure.value if result.failure else None, "reason": result.reason,
+        "traceback": result.traceback, "log_tail": result.log_tail,
+        "peak_memory_bytes": result.peak_memory_bytes or None, "isolation": result.isolation,
+        "steps": result.steps, "epochs": result.epochs, "tokens_trained": result.tokens,
+        "train_seconds": result.train_seconds, "stop_reason": result.stop_reason or None,
+        "param_count": result.param_count, "checks": {**result.checks, "audits": result.audits},
     }
+    if result.hparams:
+        fields["hparams"] = result.hparams
+    env = result.environment
+    if env:
+        fields.update(device_name=_text(env.get("device_name")), torch_version=_text(env.get("torch_version")),
+                      python_version=_text(env.get("python_version")), platform=_text(env.get("platform")),
+                      environment={**env, "harness_version": harness.__version__})
+    if result.ok:
+        for split, score, sentences in (("valid", result.valid, result.valid_sentence_nll),
+                                        ("test", result.test, result.test_sentence_nll)):
+            fields[f"{split}_ppl"] = score.perplexity
+            fields[f"{split}_tokens"] = score.tokens
+            fields[f"{split}_nll_sum"] = score.nll_sum
+            if isinstance(score, MaskedScore):
+                fields[f"{split}_accuracy"] = score.accuracy
+            if sentences is not None:
+                fields[f"{split}_sentence_nll"] = np.asarray(sentences, dtype="<f4").tobytes()
+    return fields
 
 
-def _cgroup_oom(limits: RunLimits) -> str:
-    return (f"memory reached the {format_bytes(limits.memory_bytes)} budget: the kernel's memory limit "
-            "(cgroup) stopped the run")
-
-
-def _violation(child: ChildProcess) -> str | None:
-    """A limit on what a run may do besides time and memory, broken."""
-    if child.log_bytes() > MAX_LOG_BYTES:
-        return f"the run printed more than {format_bytes(MAX_LOG_BYTES)} of output"
-    if child.process_count() > MAX_CHILD_PROCESSES:
-        return f"the run started more than {MAX_CHILD_PROCESSES} processes"
-    return None
-
-
-def _float32_bytes(values: Any) -> bytes | None:
-    if not isinstance(values, list):
-        return None
-    return np.asarray(values, dtype="<f4").tobytes()
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def outcome_of(run: Any) -> RunOutcome:
@@ -524,37 +247,3 @@ def outcome_of(run: Any) -> RunOutcome:
         valid_ppl=run.valid_ppl, valid_tokens=run.valid_tokens, test_ppl=run.test_ppl, test_tokens=run.test_tokens,
         train_seconds=run.train_seconds, steps=run.steps, peak_memory_bytes=run.peak_memory_bytes,
     )
-
-
-def _exit_reason(code: int | None) -> str:
-    if code is not None and code < 0:
-        signal_number = -code
-        hint = " (SIGKILL: possibly the kernel's out-of-memory killer)" if signal_number == 9 else ""
-        return f"the run's process was killed by signal {signal_number}{hint} before it reported a result"
-    return f"the run's process exited with code {code} before it reported a result"
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def run_child_once(mode: str, spec: dict[str, Any], work_dir: Path, timeout: float = CHECK_TIMEOUT_SECONDS,
-                   threads: int = 1, confinement: Confinement = Confinement()) -> tuple[dict[str, Any] | None, str]:
-    """Run a short `check` or `describe` child; return its last message and its log tail."""
-    child = ChildProcess(mode, spec, work_dir, threads=threads, seed=0, confinement=confinement)
-    deadline = time.monotonic() + timeout
-    last: dict[str, Any] | None = None
-    try:
-        while time.monotonic() < deadline:
-            messages = child.receive(POLL_SECONDS)
-            if any(m["type"] == "closed" for m in messages):
-                break
-            last = messages[-1] if messages else last
-        else:
-            last = {"type": "failure", "kind": FailureKind.TIMEOUT.value,
-                    "reason": f"did not finish within {timeout:.0f} s"}
-    except ProtocolError as exc:
-        last = {"type": "failure", "kind": FailureKind.SANDBOX_VIOLATION.value, "reason": str(exc)}
-    finally:
-        child.kill()
-    return last, child.log_tail()

@@ -73,7 +73,7 @@ def test_new_writes_an_entry_that_passes_check(project: Path) -> None:
     assert run_cli("new", "my_lstm", cwd=project).code == 3  # never overwrites
     checked = run_cli("check", str(entry), cwd=project)
     assert checked.code == 0, checked.stdout + checked.stderr
-    for name in ("import", "setup", "train_step", "causality", "batch-size independence"):
+    for name in ("import", "training", "validation pass", "scoring", "causality", "batch-size independence"):
         assert f"ok   {name}" in checked.stdout
     assert "passes every check" in checked.stdout
 
@@ -92,7 +92,7 @@ def test_check_reports_every_problem_of_a_bad_entry(tmp_path: Path) -> None:
     )
     result = run_cli("check", str(bad), cwd=tmp_path)
     assert result.code == 1
-    assert "FAIL causality" in result.stdout and "ok   train_step" in result.stdout
+    assert "FAIL causality" in result.stdout and "ok   training" in result.stdout
     assert "1 problem(s) found" in result.stderr
 
 

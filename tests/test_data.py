@@ -175,3 +175,32 @@ def test_known_checksums_match_the_shared_sums_file(ptb: Path) -> None:
     for spec in data.PTB_WORD_FILES.values():
         assert sums[spec.name] == spec.sha256
     assert isinstance(spec, FileSpec)
+
+
+def test_verified_data_dir_is_remembered_in_the_cache(tiny_corpus: TinyCorpus, tmp_path: Path) -> None:
+    cache = tmp_path / "c"
+    load_corpus(DataSource(data_dir=tiny_corpus.folder, cache_dir=cache, files=tiny_corpus.files))
+    for spec in tiny_corpus.files.values():
+        assert (cache / "data" / spec.name).read_bytes() == (tiny_corpus.folder / spec.name).read_bytes()
+    assert not list((cache / "data").glob("*.part"))  # written under a temporary name, then renamed
+    # Later: no --data-dir and no mirror to download from; the cache answers.
+    later = load_corpus(DataSource(cache_dir=cache, files=tiny_corpus.files, mirrors=()))
+    assert later.split("test").numel() == 10
+
+
+def test_unverified_data_dir_is_not_remembered(tiny_corpus: TinyCorpus, tmp_path: Path) -> None:
+    (tiny_corpus.folder / "tiny.test.txt").write_text(" edited \n")
+    cache = tmp_path / "c"
+    with pytest.raises(DataError, match="wrong checksum"):
+        load_corpus(DataSource(data_dir=tiny_corpus.folder, cache_dir=cache, files=tiny_corpus.files))
+    assert not (cache / "data").exists() or not list((cache / "data").iterdir())
+
+
+def test_a_verified_cached_copy_is_left_alone(tiny_corpus: TinyCorpus, tmp_path: Path) -> None:
+    cache = tmp_path / "c"
+    source = DataSource(data_dir=tiny_corpus.folder, cache_dir=cache, files=tiny_corpus.files)
+    assert len(data.remember_in_cache(data.resolve_files(source), source)) == 0  # resolve_files remembered them
+    cached = cache / "data" / "tiny.train.txt"
+    before = cached.stat().st_mtime_ns
+    data.resolve_files(source)
+    assert cached.stat().st_mtime_ns == before

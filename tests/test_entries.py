@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 
 from harness.contract import Entry, Hparams
-from harness.entries import (
-    EntrySource, build_hparams, check_entry_class, discover, hparam_schema, import_entry_class,
-    parse_overrides, select, static_metadata,
-)
+from harness.entries import EntrySource, discover, parse_overrides, select, static_metadata
 from harness.errors import EntryError, HparamError
+from harness.sandboxed.common import Failure
+from harness.sandboxed.loader import build_hparams, check_entry_class, hparam_schema, import_entry_class
 from tests.conftest import REPO
 
 
@@ -23,24 +22,28 @@ class MyHparams(Hparams):
     tied: bool = False
     cell: str = "lstm"
     warmup: int | None = None
+    when: tuple[int, ...] = (20, 30)
 
 
 SCHEMA = hparam_schema(MyHparams)
 
 
 def test_schema_lists_base_and_entry_fields_with_types() -> None:
-    assert SCHEMA["batch_size"] == {"type": "int", "optional": False, "default": 20}
+    assert SCHEMA["batch_size"] == {"type": "int", "list": False, "optional": False, "default": 20}
     assert SCHEMA["max_epochs"]["optional"] is True
     assert SCHEMA["lr"]["type"] == "float" and SCHEMA["tied"]["type"] == "bool"
-    assert SCHEMA["warmup"] == {"type": "int", "optional": True, "default": None}
+    assert SCHEMA["warmup"] == {"type": "int", "list": False, "optional": True, "default": None}
+    assert SCHEMA["when"] == {"type": "int", "list": True, "optional": False, "default": [20, 30]}
 
 
 def test_overrides_are_typed() -> None:
-    values = parse_overrides(["lr=0.002", "layers=3", "tied=yes", "cell=gru", "warmup=none", "max_steps=10"],
-                             SCHEMA, "e")
-    assert values == {"lr": 0.002, "layers": 3, "tied": True, "cell": "gru", "warmup": None, "max_steps": 10}
+    values = parse_overrides(["lr=0.002", "layers=3", "tied=yes", "cell=gru", "warmup=none", "max_steps=10",
+                              "when=[5,7]"], SCHEMA, "e")
+    assert values == {"lr": 0.002, "layers": 3, "tied": True, "cell": "gru", "warmup": None, "max_steps": 10,
+                      "when": [5, 7]}
     hp = build_hparams(MyHparams, values)
-    assert hp.lr == 0.002 and hp.batch_size == 20
+    assert hp.lr == 0.002 and hp.batch_size == 20 and hp.when == (5, 7)
+    assert parse_overrides(["when=1,2,3"], SCHEMA, "e") == {"when": [1, 2, 3]}
 
 
 @pytest.mark.parametrize("pair,message", [
@@ -49,6 +52,7 @@ def test_overrides_are_typed() -> None:
     ("layers=2.5", "must be int"),
     ("tied=maybe", "must be bool"),
     ("layers=none", "must be int, got 'none'"),
+    ("when=1,x", "must be int list"),
     ("lr", "not of the form key=value"),
 ])
 def test_bad_overrides_are_rejected_with_a_clear_message(pair: str, message: str) -> None:
@@ -57,10 +61,12 @@ def test_bad_overrides_are_rejected_with_a_clear_message(pair: str, message: str
 
 
 def test_build_hparams_rejects_wrong_types_and_nonpositive_batch() -> None:
-    with pytest.raises(HparamError, match="'lr' must be float"):
+    with pytest.raises(Failure, match="'lr' must be float"):
         build_hparams(MyHparams, {"lr": "x"})
-    with pytest.raises(HparamError, match="batch_size must be a positive int"):
+    with pytest.raises(Failure, match="batch_size must be a positive int"):
         build_hparams(MyHparams, {"batch_size": 0})
+    with pytest.raises(Failure, match="'when' must be a list of int"):
+        build_hparams(MyHparams, {"when": 3})
 
 
 def test_discover_skips_private_files_and_finds_both_folders(tmp_path: Path) -> None:
@@ -74,12 +80,22 @@ def test_discover_skips_private_files_and_finds_both_folders(tmp_path: Path) -> 
         select(["nope"], found)
 
 
-def test_two_entries_with_one_name_are_an_error(tmp_path: Path) -> None:
-    for folder in ("a", "b"):
-        (tmp_path / folder).mkdir()
-        (tmp_path / folder / "same.py").write_text("")
-    with pytest.raises(EntryError, match="two entries are named 'same'"):
-        discover({"submission": tmp_path / "a", "baseline": tmp_path / "b"})
+def test_a_submission_taking_a_baseline_name_or_author_line_fails_alone(tmp_path: Path) -> None:
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (subs / "kn5.py").write_text("")                                       # a baseline's file name
+    (subs / "copy.py").write_text("class E(Entry):\n    name = 'unigram'\n")  # a baseline's name
+    (subs / "fake.py").write_text("class E(Entry):\n    authors = 'ptb-harness baselines'\n")
+    (subs / "first.py").write_text("class E(Entry):\n    name = 'shared'\n")
+    (subs / "second.py").write_text("class E(Entry):\n    name = 'shared'\n")
+    (subs / "fine.py").write_text("class E(Entry):\n    name = 'fine'\n")
+    found = discover({"submission": subs, "baseline": REPO / "baselines"})
+    assert found["kn5"].kind == "baseline" and found["kn5"].problem is None
+    assert "taken by baseline kn5.py" in found["submissions/kn5"].problem
+    assert "'unigram' is taken by baseline unigram.py" in found["submissions/copy"].problem
+    assert "reserved for the harness's baselines" in found["submissions/fake"].problem
+    assert found["first"].problem is None and "'shared' is taken by submission first.py" in found["submissions/second"].problem
+    assert found["fine"].problem is None
 
 
 def test_static_metadata_reads_literals_without_running_code(tmp_path: Path) -> None:
@@ -94,11 +110,11 @@ def test_static_metadata_reads_literals_without_running_code(tmp_path: Path) -> 
 
 def test_import_finds_the_one_entry_class_and_checks_the_contract(tmp_path: Path) -> None:
     template = import_entry_class(REPO / "submissions" / "_template.py")
-    assert check_entry_class(template, Path("t.py")) == []
+    assert check_entry_class(template) == []
 
     path = tmp_path / "two.py"
     path.write_text("from harness.contract import Entry\nclass A(Entry): pass\nclass B(Entry): pass\n")
-    with pytest.raises(EntryError, match="exactly one subclass.*found: A, B"):
+    with pytest.raises(Failure, match="exactly one subclass.*found: A, B"):
         import_entry_class(path)
 
 
@@ -110,7 +126,7 @@ def test_contract_problems_are_all_reported() -> None:
         def log_probs(self, inputs):  # noqa: ANN001
             pass
 
-    problems = check_entry_class(Incomplete, Path("x.py"))
+    problems = check_entry_class(Incomplete)
     assert any("setup must take 1 argument" in p for p in problems)
     assert any("train_step is not defined" in p for p in problems)
     assert any("log_probs must take 2 argument" in p for p in problems)

@@ -57,6 +57,19 @@ EXPECTED = {
 GOOD = ("good_counts", "good_bigram")
 
 
+def materialise(path: Path) -> str:
+    """The entry as the one self-contained module a participant submits: the shared well-behaved
+    base (tests/hostile/_base.py) pasted in where the file imports it."""
+    base = (HOSTILE / "_base.py").read_text().split('"""', 2)[2]
+    lines = []
+    for line in path.read_text().splitlines():
+        if line.startswith("from tests.hostile._base import") or line.startswith("from tests.hostile import"):
+            lines.append(base)
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 def snapshot(folder: Path) -> dict[str, str]:
     """sha256 of every file outside the harness's own outputs (runs, database, site)."""
     found = {}
@@ -75,8 +88,10 @@ def test_hostile_corpus_in_one_run_all(tmp_path: Path, env: dict[str, str]) -> N
     (project / "submissions").mkdir(parents=True)
     (project / "baselines").mkdir()
     for path in HOSTILE.glob("[a-z]*.py"):
-        shutil.copy(path, project / "submissions" / path.name)
-    shutil.copy(REPO / "baselines" / "unigram.py", project / "submissions" / "good_counts.py")
+        (project / "submissions" / path.name).write_text(materialise(path))
+    unigram = (REPO / "baselines" / "unigram.py").read_text()  # a participant's copy: own name, own authors
+    (project / "submissions" / "good_counts.py").write_text(
+        unigram.replace('name = "unigram"', 'name = "good_counts"').replace('"ptb-harness baselines"', '"a participant"'))
     shutil.copy(ENTRIES / "good_bigram.py", project / "submissions" / "good_bigram.py")
     assert len(list((project / "submissions").glob("*.py"))) == len(EXPECTED) + len(GOOD)
 

@@ -322,7 +322,10 @@ def test_runs_listing_marks_exploration_runs_and_shows_runs_in_flight(tmp_path: 
     record(store, request(tmp_path, budget=60.0, hparams={"lr": 0.002}), 300.0)
     running = request(tmp_path, seed=1)
     in_flight = store.start_run(run_key=running.key(CHECKSUMS), **running.row_fields(CHECKSUMS))
-    store.update_run(in_flight, display_name="My LSTM")  # described: it is training
+    store.add_curve_point(in_flight, train_seconds=60.0, steps=10, tokens=640, valid_ppl=900.0)  # training
+    done_training = store.start_run(run_key=request(tmp_path, seed=2).key(CHECKSUMS),
+                                    **request(tmp_path, seed=2).row_fields(CHECKSUMS))
+    store.add_curve_point(done_training, train_seconds=600.0, steps=99, tokens=6400, valid_ppl=300.0)
     runner = CliRunner()
     listed = runner.invoke(main, ["results", "--db", str(db), "--runs"])
     assert listed.exit_code == 0, listed.output
@@ -334,6 +337,7 @@ def test_runs_listing_marks_exploration_runs_and_shows_runs_in_flight(tmp_path: 
     assert rows[official]["configuration"] == "official" and rows[official]["counted"]
     assert rows[in_flight]["configuration"] == "official" and not rows[in_flight]["counted"]
     assert rows[in_flight]["phase"] == "training" and rows[in_flight]["elapsed_seconds"] >= 0
+    assert rows[done_training]["phase"] == "scoring" and rows[official]["phase"] is None
     assert rows[official]["config_digest"] == rows[in_flight]["config_digest"]
     assert "config" not in rows[official] and rows[official]["hparam_overrides"] == {}
     assert runner.invoke(main, ["results", "--db", str(db), "--runs", "--format", "csv"]).exit_code == 0

@@ -226,7 +226,8 @@ def ranking_rows(driver) -> list[tuple[str, str, str, float]]:
     for row in driver.find_elements(By.CSS_SELECTOR, "#ranking-causal-cpu tbody tr"):
         cells = row.find_elements(By.TAG_NAME, "td")
         score = cells[3].get_attribute("data-value")
-        rows.append((row.get_attribute("class"), cells[0].text, cells[1].text.split("\n")[0], float(score)))
+        name = cells[1].find_element(By.CSS_SELECTOR, ".name").get_attribute("textContent")
+        rows.append((row.get_attribute("class"), cells[0].get_attribute("textContent"), name, float(score)))
     return rows
 
 
@@ -238,10 +239,12 @@ def test_browser_references_sit_where_their_score_puts_them(built: dict[str, Pat
     scores = [score for _, _, _, score in rows]
     assert scores == sorted(scores)  # test perplexity, references interleaved (none without a figure sorts before)
     names = [name for _, _, name, _ in rows]
-    assert names.index("Alpha") < names.index("LSTM small, no dropout (Zaremba et al. 2014) published, not run here") \
-        < names.index("Charlie") < names.index("Bravo") < names.index("KN-5 (interpolated modified Kneser-Ney) published, not run here")
+    assert names.index("Alpha") < names.index("LSTM small, no dropout (Zaremba et al. 2014)") \
+        < names.index("Charlie") < names.index("Bravo") < names.index("KN-5 (interpolated modified Kneser-Ney)")
     references = [row for row in rows if row[0] == "reference"]
     assert len(references) == 9 and all(rank == "—" for _, rank, _, _ in references)
+    badges = browser.find_elements(By.CSS_SELECTOR, "#ranking-causal-cpu tr.reference .badge.ref")
+    assert len(badges) == 9 and all("published, not run here" in b.get_attribute("title") for b in badges)
     assert [rank for kind, rank, _, _ in rows if kind == "entry-row"] == ["1", "2", "3", "4"]
     assert EXPLORED_PPL not in scores  # alpha's exploration runs are on its page, not in the ranking
     rank = browser.find_elements(By.CSS_SELECTOR, "#ranking-causal-cpu thead th")[0]

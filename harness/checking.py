@@ -1,0 +1,178 @@
+"""`harness check` and `--hparam` typing: participant code, run through the same sandbox as a run.
+
+`check_entry` is a real run of the entry on a small synthetic corpus (no PTB data): both
+sandboxed processes, a few steps, every hook, a validation pass from a checkpoint reloaded in the
+fresh scorer, end of training, the real scoring layout with every audit, and scoring at other
+batch sizes. `describe_entries` imports entries in a sandboxed process to read their
+hyper-parameter schemas; nothing else about an entry is taken from it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import select
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.budget import RunLimits
+from harness.entries import EntrySource, static_metadata
+from harness.errors import EntryError, FailureKind, RunStatus
+from harness.execution import RunData, RunResult, RunSpec, execute_run
+from harness.protocol import Channel, ChildGone, ProtocolViolation, validate
+from harness.sandbox import Cgroup, Confinement, SandboxSpec, start_sandboxed
+from harness.scoring import EvalProtocol, describe_audits
+
+VOCAB_SIZE = 10_000
+CHECK_STEPS = 4
+DESCRIBE_MEMORY = 8 * 2**30
+
+
+def synthetic_split(tokens: int, seed: int) -> np.ndarray:
+    """(tokens,) random word ids with an `<eos>` (id 0) ending a sentence every 5 to 30 words."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, VOCAB_SIZE, tokens).astype(np.int32)
+    position = 0
+    while position < tokens:
+        position += int(rng.integers(5, 30))
+        ids[min(position, tokens - 1)] = 0
+    ids[-1] = 0
+    return ids
+
+
+def synthetic_data() -> RunData:
+    vocab = ("<eos>",) + tuple(f"w{i}" for i in range(1, VOCAB_SIZE))
+    return RunData(vocab, 0, synthetic_split(4_000, 1), synthetic_split(6_000, 2), synthetic_split(3_000, 3),
+                   {"synthetic": "check"})
+
+
+def check_entry(entry: EntrySource, overrides: dict[str, Any], device: str, confinement: Confinement,
+                timeout: float) -> tuple[RunResult, list[dict[str, Any]]]:
+    """Run the whole life cycle of `entry` briefly; the result and a list of findings to show."""
+    spec = RunSpec(entry_name=entry.name, source=entry.source, source_hash=entry.source_hash,
+                   track=static_metadata(entry)["track"], hparams=overrides, seed=0, device=device, threads=1,
+                   limits=RunLimits(seconds=timeout, memory_bytes=8 * 2**30, evals=1), protocol=EvalProtocol(),
+                   eval_at_steps=(1,), step_cap=CHECK_STEPS, batch_independence=(1, 2))
+    work = Path(tempfile.mkdtemp(prefix="ptb-harness-check-"))
+    try:
+        result = execute_run(spec, synthetic_data(), confinement, work / "run")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result, findings(result)
+
+
+_STAGE_OF_FAILURE = {
+    FailureKind.IMPORT_ERROR: "import", FailureKind.CONTRACT_VIOLATION: "contract", FailureKind.NON_FINITE: "training",
+    FailureKind.INVALID_OUTPUT: "scoring", FailureKind.CAUSALITY_VIOLATION: "causality",
+    FailureKind.WEIGHTS_MODIFIED: "replay (weights frozen while scoring)", FailureKind.TIMEOUT: "time",
+    FailureKind.OUT_OF_MEMORY: "memory", FailureKind.SANDBOX_VIOLATION: "sandbox",
+}
+_SCORING_KINDS = {FailureKind.INVALID_OUTPUT, FailureKind.CAUSALITY_VIOLATION, FailureKind.WEIGHTS_MODIFIED}
+
+
+def findings(result: RunResult) -> list[dict[str, Any]]:
+    if not result.ok:
+        found = []
+        if result.steps:
+            found.append({"check": "import, contract, hyper-parameters, setup", "ok": True, "detail": ""})
+        if result.failure in _SCORING_KINDS:
+            found.append({"check": "training", "ok": True, "detail": f"{result.steps} steps"})
+        stage = _STAGE_OF_FAILURE.get(result.failure, "run") if result.failure else "run"
+        found.append({"check": stage, "ok": False, "kind": result.failure.value if result.failure else "",
+                      "detail": f"[{result.failure.value if result.failure else result.status.value}] {result.reason}",
+                      "traceback": result.traceback or "", "log": result.log_tail})
+        return found
+    curve = ", ".join(f"{point['valid_ppl']:.1f}" for point in result.curve) or "none (training ended first)"
+    return [
+        {"check": "import, contract, hyper-parameters, setup (trainer and scorer)", "ok": True, "detail": ""},
+        {"check": "training", "ok": True,
+         "detail": f"{result.steps} steps, {result.tokens:,} tokens, stopped by {result.stop_reason}; "
+                   "on_epoch_start, on_epoch_end, prepare_for_eval, resume_training, on_train_end called"},
+        {"check": "validation pass from a checkpoint reloaded in the scorer", "ok": True,
+         "detail": f"valid perplexity {curve}"},
+        {"check": "scoring (rows checked by the supervisor: shape, finite, normalised)", "ok": True,
+         "detail": f"valid {result.valid.perplexity:.2f}, test {result.test.perplexity:.2f}; "
+                   f"C = {result.context}, W = {result.window}"},
+        {"check": "causality and replay audits", "ok": True, "detail": describe_audits(result.audits)},
+        {"check": "batch-size independence", "ok": True, "detail": "same perplexity with 1, 2 and 16 segments per batch"},
+        {"check": "parameters", "ok": True, "detail": f"{result.param_count or 0:,} values in the checkpoint"},
+    ]
+
+
+def describe_entries(entries: list[EntrySource], confinement: Confinement, timeout: float = 120.0
+                     ) -> dict[str, dict[str, Any]]:
+    """name -> {"ok", "schema" | "kind", "reason"}: imported in one sandboxed process."""
+    work = Path(tempfile.mkdtemp(prefix="ptb-harness-describe-"))
+    os.chmod(work, 0o755)
+    try:
+        files = {}
+        source_dir = work / "entries"
+        source_dir.mkdir()
+        for entry in entries:
+            path = source_dir / f"{entry.name}.py"
+            path.write_text(entry.source, encoding="utf-8")
+            os.chmod(path, 0o444)
+            files[str(path)] = entry.name
+        (work / "scratch").mkdir()
+        return _describe(files, source_dir, work / "scratch", confinement, timeout)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _describe(files: dict[str, str], source_dir: Path, scratch: Path, confinement: Confinement,
+              timeout: float) -> dict[str, dict[str, Any]]:
+    cgroup, _ = Cgroup.create(f"ptb-harness-{os.getpid()}-{secrets.token_hex(4)}-describe", DESCRIBE_MEMORY, 1.0)
+    parent_end, child_end = socket.socketpair()
+    read_end, write_end = os.pipe()
+    interpreter = [sys.executable, "-s", "-P"] if sys.version_info >= (3, 11) else [sys.executable, "-I"]
+    argv = [*interpreter, "-m", "harness.sandboxed.describe", str(child_end.fileno())]
+    spec = SandboxSpec(work_dir=scratch, read_only=(source_dir,), tmp_bytes=2**28,
+                       environment={"PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+    process = start_sandboxed(argv, spec, confinement, cgroup, pass_fds=(child_end.fileno(),), stdout=write_end)
+    child_end.close()
+    os.close(write_end)
+    channel = Channel(parent_end, "describer")
+    found: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        channel.send({"type": "spec", "paths": list(files)})
+        done = False
+        while not done and time.monotonic() < deadline and not channel.closed:
+            readable, _, _ = select.select([channel, read_end], [], [], 0.1)
+            if read_end in readable:
+                os.read(read_end, 1 << 16)  # the entries' own output: not needed here
+            if channel in readable:
+                channel.pump()
+            for frame in channel.frames():
+                message = validate(frame, frozenset({"described", "done"}))
+                if message["type"] == "done":
+                    done = True
+                elif message["type"] == "described" and message["path"] in files:
+                    found[files[message["path"]]] = message
+                else:
+                    raise ProtocolViolation("a description of a file it was not given")
+    except (ProtocolViolation, ChildGone, OSError) as exc:
+        raise EntryError(f"reading the entries' hyper-parameters failed: {exc}") from exc
+    finally:
+        process.kill()
+        if cgroup is not None:
+            cgroup.kill_all()
+        process.wait()
+        channel.close()
+        os.close(read_end)
+        if cgroup is not None:
+            cgroup.remove()
+    for name in files.values():  # an entry that hung or crashed the describer fails alone when it runs
+        found.setdefault(name, {"ok": False, "kind": FailureKind.IMPORT_ERROR.value,
+                                "reason": "could not be imported to read its hyper-parameters"})
+    return found
+
+
+__all__ = ["check_entry", "describe_entries", "findings", "RunStatus"]

@@ -1,0 +1,804 @@
+"""One run, start to end, on the machine it is called on: the supervisor's authority in one place.
+
+`execute_run(spec, data, ...)` starts the scorer and the trainer in their sandboxes, feeds the
+trainer batches, keeps the training clock, decides when a validation pass happens (freezing the
+trainer's cgroup meanwhile), builds every scoring window, checks and scores the rows that come
+back, enforces memory, process, output, disk and time limits, and returns a `RunResult`. It
+touches no database (the caller records the result), follows no path a child could have made,
+and never raises because of what an entry does: every way a run can end is classified.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import secrets
+import select
+import shutil
+import socket
+import struct
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+
+import harness
+from harness.budget import RunLimits, format_bytes, kill_tree, tree_rss
+from harness.clock import TrainingClock
+from harness.errors import FailureKind, RunStatus
+from harness.feed import MAX_BATCH_TOKENS, TrainFeed
+from harness.protocol import Channel, ChildGone, ProtocolViolation, child_failure, validate
+from harness.sandbox import Cgroup, Confinement, SandboxSpec, disk_usage, start_sandboxed
+from harness.scoring import EvalProtocol, MaskedScore, Request, ScoreFailure, ScorePass, SplitScore, payload_of, sentence_nll
+
+POLL_SECONDS = 0.1
+STARTUP_CAP_SECONDS = 120.0
+MAX_LOG_BYTES = 16 * 2**20       # a run printing more than this is stopped
+MAX_CHILD_PROCESSES = 64         # a run starting more processes than this is stopped
+SANDBOX_PLUMBING = 4             # bwrap, setpriv and bwrap again sit above the child's interpreter
+LOG_TAIL_BYTES = 8192
+DISK_CHECK_SECONDS = 1.0
+DEFAULT_DISK_BYTES = 2**30
+MAX_CONTEXT = 1024               # eval_context cap: bounds the shared memory of one block of rows
+SLOTS = 2                        # blocks of rows in flight: the scorer fills one while the supervisor reads the other
+PROGRESS_EVERY_SECONDS = 0.25
+
+EventSink = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The corpus as the supervisor holds it: vocabulary and the three splits as int32 ids."""
+
+    vocab: tuple[str, ...]
+    eos_id: int
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    checksums: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_corpus(cls, corpus: Any) -> RunData:
+        vocab = tuple(corpus.vocab)
+        return cls(vocab, vocab.index("<eos>"), *(corpus.split(s).numpy().astype(np.int32)
+                                                 for s in ("train", "valid", "test")), dict(corpus.checksums))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a run, free of host paths: it can be placed on any machine."""
+
+    entry_name: str
+    source: str
+    source_hash: str
+    track: str
+    hparams: dict[str, Any]
+    seed: int
+    device: str
+    threads: int
+    limits: RunLimits
+    protocol: EvalProtocol = field(default_factory=EvalProtocol)
+    disk_bytes: int = DEFAULT_DISK_BYTES
+    eval_at_steps: tuple[int, ...] = ()
+    """Validation passes after these steps instead of on the clock (harness check)."""
+    step_cap: int | None = None
+    """Stop after this many steps whatever the entry's max_steps (harness check)."""
+    batch_independence: tuple[int, ...] = ()
+    """Score valid again with these scoring batch sizes and compare (harness check)."""
+
+
+@dataclass
+class RunResult:
+    status: RunStatus
+    failure: FailureKind | None = None
+    reason: str | None = None
+    traceback: str | None = None
+    log_tail: str = ""
+    valid: SplitScore | MaskedScore | None = None
+    test: SplitScore | MaskedScore | None = None
+    valid_sentence_nll: np.ndarray | None = None
+    test_sentence_nll: np.ndarray | None = None
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    epochs: float = 0.0
+    tokens: int = 0
+    train_seconds: float = 0.0
+    stop_reason: str = ""
+    param_count: int | None = None
+    peak_memory_bytes: int = 0
+    scorer_peak_memory_bytes: int = 0
+    cpu_seconds: float | None = None
+    max_threads: int = 0
+    paused_counted: bool = False
+    hparams: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    isolation: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, Any] = field(default_factory=dict)
+    audits: dict[str, int] = field(default_factory=dict)
+    context: int = 0
+    window: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status is RunStatus.OK
+
+
+class RunEnd(Exception):
+    """The run is over before its end: how, and why."""
+
+    def __init__(self, status: RunStatus, failure: FailureKind, reason: str, traceback: str | None = None) -> None:
+        super().__init__(reason)
+        self.status, self.failure, self.reason, self.traceback = status, failure, reason, traceback
+
+
+def execute_run(spec: RunSpec, data: RunData, confinement: Confinement, run_dir: Path,
+                on_event: EventSink | None = None) -> RunResult:
+    """Run `spec` to its end in `run_dir` (made here; only the supervisor writes outside its work dirs)."""
+    run = _Run(spec, data, confinement, run_dir, on_event or (lambda event: None))
+    return run.execute()
+
+
+# --- The children ----------------------------------------------------------------------------------
+
+
+class _Child:
+    """A sandboxed process: its channel, its output pipe, its cgroup, its queue of validated messages."""
+
+    def __init__(self, run: _Run, name: str, module: str, work_dir: Path, read_only: tuple[Path, ...],
+                 extra_fds: tuple[int, ...], spec_message: dict[str, Any]) -> None:
+        self.run, self.name, self.work_dir = run, name, work_dir
+        limits = run.spec.limits
+        self.cgroup, cgroup_note = Cgroup.create(f"ptb-harness-{os.getpid()}-{secrets.token_hex(4)}-{name}",
+                                                 limits.memory_bytes, float(run.spec.threads))
+        self.note = cgroup_note
+        parent_end, child_end = socket.socketpair()
+        read_end, write_end = os.pipe()
+        interpreter = [sys.executable, "-s", "-P"] if sys.version_info >= (3, 11) else [sys.executable, "-I"]
+        argv = [*interpreter, "-m", f"harness.sandboxed.{module}", str(child_end.fileno())]
+        environment = {"OMP_NUM_THREADS": str(run.spec.threads), "MKL_NUM_THREADS": str(run.spec.threads),
+                       "PYTHONHASHSEED": str(run.spec.seed), "PYTHONUNBUFFERED": "1",
+                       "PYTHONDONTWRITEBYTECODE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        sandbox = SandboxSpec(work_dir=work_dir, read_only=read_only, tmp_bytes=run.spec.disk_bytes,
+                              environment=environment, gpu=run.spec.device == "cuda")
+        try:
+            self.process = start_sandboxed(argv, sandbox, run.confinement, self.cgroup,
+                                           pass_fds=(child_end.fileno(), *extra_fds), stdout=write_end)
+        finally:
+            child_end.close()
+            os.close(write_end)
+        os.set_blocking(read_end, False)
+        self.log_fd = read_end
+        self.log = (run.run_dir / f"{name}.log").open("ab")
+        self.log_bytes = 0
+        self.tail = bytearray()
+        self.channel = Channel(parent_end, name)
+        self.queue: deque[Any] = deque()
+        self.exit_code: int | None = None
+        self.sampled_peak = 0
+        self.channel.send(spec_message)
+
+    # Output: read from a pipe the supervisor owns, never from a file in the run directory.
+    def drain_log(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.log_fd, 1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.log_bytes += len(chunk)
+            if self.log_bytes <= MAX_LOG_BYTES:
+                self.log.write(chunk)
+            self.tail += chunk
+            del self.tail[:-LOG_TAIL_BYTES]
+
+    def pump(self) -> None:
+        self.channel.pump()
+        self.queue.extend(self.channel.frames())
+
+    def alive(self) -> bool:
+        if self.exit_code is not None:
+            return False
+        code = self.process.poll()
+        if code is None:
+            return True
+        self.exit_code = code
+        return False
+
+    def sample(self) -> int:
+        rss = tree_rss(self.process.pid)
+        self.sampled_peak = max(self.sampled_peak, rss)
+        return rss
+
+    def process_count(self) -> int:
+        try:
+            return len(psutil.Process(self.process.pid).children(recursive=True)) + 1 - SANDBOX_PLUMBING
+        except psutil.Error:
+            return 0
+
+    @property
+    def peak(self) -> int:
+        return max(self.sampled_peak, self.cgroup.peak_bytes() if self.cgroup else 0)
+
+    def kill(self) -> None:
+        kill_tree(self.process.pid, include_root=self.exit_code is None)
+        if self.cgroup is not None:
+            self.cgroup.thaw()  # a frozen process cannot die
+            self.cgroup.kill_all()
+        try:
+            self.process.wait(timeout=10)
+        except Exception:  # noqa: BLE001 - a process that does not die is killed again at release
+            kill_tree(self.process.pid)
+        if self.exit_code is None:
+            self.exit_code = self.process.returncode
+        self.drain_log()
+
+    def release(self) -> None:
+        self.kill()
+        self.channel.close()
+        os.close(self.log_fd)
+        self.log.close()
+        if self.cgroup is not None:
+            self.cgroup.kill_all()
+            self.cgroup.remove()
+
+
+# --- One run ------------------------------------------------------------------------------------------
+
+
+class _Run:
+    def __init__(self, spec: RunSpec, data: RunData, confinement: Confinement, run_dir: Path,
+                 on_event: EventSink) -> None:
+        self.spec, self.data, self.confinement, self.on_event = spec, data, confinement, on_event
+        self.run_dir = run_dir.resolve()
+        self.clock = TrainingClock()
+        self.result = RunResult(status=RunStatus.RUNNING)
+        self.children: list[_Child] = []
+        self.trainer: _Child | None = None
+        self.scorers: list[_Child] = []
+        self.loaded: dict[int, int] = {}
+        self.feed: TrainFeed | None = None
+        self.phase = "starting"
+        self.last_limits_check = 0.0
+        self.last_disk_check = 0.0
+        self.last_progress = 0.0
+        self.last_loss: float | None = None
+        self.context = 0
+        self.window = spec.protocol.window
+        self.mask_id = len(data.vocab) if spec.track == "mlm" else None
+        self.audits = {"causality_audits": 0, "replay_probes": 0}
+
+    # --- The whole run --------------------------------------------------------------------------
+
+    def execute(self) -> RunResult:
+        try:
+            self._prepare()
+            self._start_scorers()
+            self._train()
+            self._final_scoring()
+            self.result.status = RunStatus.OK
+        except RunEnd as end:
+            self.result.status, self.result.failure = end.status, end.failure
+            self.result.reason, self.result.traceback = end.reason, end.traceback
+        finally:
+            self._shutdown()
+        return self.result
+
+    def _prepare(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.run_dir, 0o755)
+        # The entry's file, written by the supervisor from the source it hashed, shown read-only.
+        entry_dir = self.run_dir / "entry"
+        entry_dir.mkdir(exist_ok=True)
+        self.entry_path = entry_dir / f"{self.spec.entry_name}.py"
+        self.entry_path.write_text(self.spec.source, encoding="utf-8")
+        os.chmod(self.entry_path, 0o444)
+        for name in ("trainer", "scorer0", "scorer1"):
+            work = self.run_dir / name
+            if work.exists():
+                shutil.rmtree(work)
+            work.mkdir()
+        rows = self.spec.protocol.batch_size * max(self.spec.protocol.window + MAX_CONTEXT, 128)
+        self.slot_bytes = rows * len(self.data.vocab) * 4
+        self.shm_fds, self.shms = [], []
+        for _ in range(2):  # one shared block per scorer: inheritable, sparse until written
+            fd = os.memfd_create("ptb-harness-rows", 0)
+            os.ftruncate(fd, SLOTS * self.slot_bytes)
+            self.shm_fds.append(fd)
+            self.shms.append(mmap.mmap(fd, SLOTS * self.slot_bytes))
+
+    def _child_spec(self, work_dir: Path) -> dict[str, Any]:
+        return {"type": "spec", "entry_path": str(self.entry_path), "hparams": self.spec.hparams,
+                "seed": self.spec.seed, "threads": self.spec.threads, "device": self.spec.device,
+                "memory_bytes": self.spec.limits.memory_bytes, "work_dir": str(work_dir)}
+
+    def _start_scorers(self) -> None:
+        """Two scorers first: their import and setup are untimed, and they then idle until needed.
+        Each scores half the windows and audits the other's, so neither can pass an audit by
+        remembering the window it copies."""
+        self.phase = "starting scorers"
+        trainer_work = self.run_dir / "trainer"
+        for lane in range(2):
+            work = self.run_dir / f"scorer{lane}"
+            shm = self.shm_fds[lane]
+            spec = {**self._child_spec(work), "checkpoint_dir": str(trainer_work), "shm_fd": shm,
+                    "shm_bytes": SLOTS * self.slot_bytes, "slot_bytes": self.slot_bytes}
+            self.scorers.append(self._spawn(f"scorer {lane + 1}", "scorer", work, (self.entry_path, trainer_work),
+                                            (shm,), spec))
+        deadline = time.monotonic() + STARTUP_CAP_SECONDS
+        layouts = set()
+        for scorer in self.scorers:
+            hparams = self._wait(scorer, deadline, {"hparams"}, f"the {scorer.name} did not start")
+            scorer.channel.send(self._context(hparams))
+        for scorer in self.scorers:
+            ready = self._wait(scorer, deadline, {"ready"}, f"the {scorer.name} did not finish setup")
+            layouts.add((ready["eval_context"], ready["eval_window"]))
+        if len(layouts) != 1:
+            raise RunEnd(RunStatus.FAILED, FailureKind.CONTRACT_VIOLATION,
+                         f"two scorer processes built from the same checkpoint disagree on (eval_context, "
+                         f"eval_window): {sorted(layouts)}; set them deterministically in setup")
+        (self.context, window), = layouts
+        self.window = min(window, self.spec.protocol.window)
+        self.result.context, self.result.window = self.context, self.window
+
+    def _spawn(self, name: str, module: str, work: Path, read_only: tuple[Path, ...], fds: tuple[int, ...],
+               spec: dict[str, Any]) -> _Child:
+        try:
+            child = _Child(self, name, module, work, read_only, fds, spec)
+        except (OSError, ChildGone, ProtocolViolation) as exc:
+            raise RunEnd(RunStatus.FAILED, FailureKind.HARNESS_ERROR, f"could not start the {name}: {exc}") from exc
+        self.children.append(child)
+        return child
+
+    def _context(self, hparams: dict[str, Any]) -> dict[str, Any]:
+        batch, seq_len = hparams["batch_size"], hparams["seq_len"]
+        if batch * min(seq_len, MAX_BATCH_TOKENS) > MAX_BATCH_TOKENS or batch > self.data.train.size:
+            raise RunEnd(RunStatus.FAILED, FailureKind.CONTRACT_VIOLATION,
+                         f"batch_size {batch} x seq_len {seq_len} is too large (at most {MAX_BATCH_TOKENS:,} "
+                         f"tokens per batch, batch_size at most the {self.data.train.size:,} train tokens)")
+        row_length = self.data.train.size // batch
+        limits = self.spec.limits
+        return {"type": "context", "vocab": list(self.data.vocab), "eos_id": self.data.eos_id,
+                "mask_id": self.mask_id, "budget_seconds": limits.seconds, "memory_bytes": limits.memory_bytes,
+                "evals": self._planned_passes(), "steps_per_epoch": -(-row_length // seq_len),
+                "train_tokens": int(self.data.train.size), "eval_window": self.spec.protocol.window,
+                "eval_segment_tokens": self.spec.protocol.segment_tokens,
+                "eval_batch_size": self.spec.protocol.batch_size}
+
+    def _planned_passes(self) -> int:
+        return len(self.spec.eval_at_steps) if self.spec.eval_at_steps else self.spec.limits.evals
+
+    # --- Training -----------------------------------------------------------------------------------
+
+    def _train(self) -> None:
+        self.phase = "training"
+        work = self.run_dir / "trainer"
+        self.trainer = self._spawn("trainer", "trainer", work, (self.entry_path,), (), self._child_spec(work))
+        environment = self._wait(self.trainer, time.monotonic() + STARTUP_CAP_SECONDS, {"environment"},
+                                 "the trainer did not start")
+        self.clock.start()  # the first message comes before any participant code is imported
+        self.result.environment = {k: v for k, v in environment.items() if k != "type"}
+        hparams = self._wait(self.trainer, self._training_deadline(), {"hparams"}, self._overrun_reason)
+        self.result.hparams = hparams["values"]
+        self.trainer.channel.send(self._context(hparams))
+        self.feed = TrainFeed(self.data.train, self.data.eos_id, hparams["batch_size"], hparams["seq_len"],
+                              hparams["max_steps"], hparams["max_epochs"], self.mask_id, len(self.data.vocab),
+                              self.spec.seed)
+        passes = self._planned_passes()
+        pass_times = [self.spec.limits.seconds * (k + 1) / (passes + 1) for k in range(passes)]
+        seq, pending = 0, None
+        while True:
+            request = self._wait(self.trainer, self._training_deadline(), {"next"}, self._overrun_reason)
+            self.last_loss = request["loss"] if request["loss"] is not None else self.last_loss
+            self._progress()
+            if pending is not None:
+                self.trainer.channel.send(pending)
+                pending = None
+                continue
+            if self.feed.at_epoch_end():  # an epoch that ran out is closed before anything else
+                self.trainer.channel.send({"type": "epoch_end", "epoch": self.feed.end_epoch()})
+                continue
+            stop = self._stop_reason()
+            if stop:
+                break
+            done = len(self.result.curve)
+            if done < passes and self._pass_due(done, pass_times):
+                seq += 1
+                self.trainer.channel.send({"type": "checkpoint", "seq": seq})
+                self._wait_seq(self.trainer, self._training_deadline(), "checkpoint_ready", seq)
+                pending = self._validation_pass(seq, done, passes)
+                continue
+            batch = self.feed.next_batch(request["seq_len"])
+            message = {"type": "batch", "shape": list(batch.inputs.shape), "epoch": batch.epoch,
+                       "epoch_start": batch.epoch_start, "step": self.feed.steps - 1,
+                       "train_seconds": self.clock.elapsed}
+            self.trainer.channel.send(message, np.stack([batch.inputs, batch.targets]).astype("<i4").tobytes())
+        self.result.stop_reason = stop
+        self.result.train_seconds = self.clock.elapsed
+        self._record_counts()
+        seq += 1
+        self.trainer.channel.send({"type": "stop", "seq": seq, "reason": stop})
+        self._wait_seq(self.trainer, self._training_deadline(), "final_ready", seq)
+        self.clock.stop()
+        self.final_seq = seq
+        self.result.peak_memory_bytes = self.trainer.peak
+        self._end_trainer()
+
+    def _pass_due(self, done: int, pass_times: list[float]) -> bool:
+        if self.spec.eval_at_steps:
+            return self.feed is not None and self.feed.steps >= self.spec.eval_at_steps[done]
+        return self.clock.elapsed >= pass_times[done]
+
+    def _stop_reason(self) -> str:
+        assert self.feed is not None
+        if self.spec.step_cap is not None and self.feed.steps >= self.spec.step_cap:
+            return "max_steps"
+        if self.clock.elapsed >= self.spec.limits.seconds:
+            return "budget"
+        if self.feed.finished():
+            return self.feed.finished()
+        return ""
+
+    def _record_counts(self) -> None:
+        assert self.feed is not None
+        self.result.steps, self.result.tokens = self.feed.steps, self.feed.tokens
+        self.result.epochs = round(self.feed.epochs, 4)
+
+    def _training_deadline(self) -> float:
+        return self.clock.deadline(self.spec.limits.kill_after_seconds)
+
+    def _overrun_reason(self) -> str:
+        limits = self.spec.limits
+        steps = self.feed.steps if self.feed else 0
+        return (f"training ran {self.clock.elapsed:.1f} s on the harness's clock, past the {limits.seconds:g} s "
+                f"budget plus {limits.grace:g} s grace; the trainer was last handed step {steps} "
+                f"(machine load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+
+    def _end_trainer(self) -> None:
+        """Training is over: nothing of the trainer may run while the test split is scored."""
+        assert self.trainer is not None
+        self._sample_resources(self.trainer)
+        self.trainer.kill()
+        self.phase = "scoring"
+
+    def _validation_pass(self, seq: int, index: int, passes: int) -> dict[str, Any]:
+        """Freeze the trainer, score valid from checkpoint `seq`, thaw; the curve point and the info for on_validation."""
+        assert self.trainer is not None and self.feed is not None
+        cgroup = self.trainer.cgroup
+        frozen = bool(cgroup is not None and cgroup.can_freeze and cgroup.freeze())
+        if frozen:
+            self.clock.pause()
+        else:
+            self.result.paused_counted = True
+        self.phase = "validation"
+        try:
+            deadline = time.monotonic() + self.spec.limits.eval_cap_seconds + self.spec.limits.grace
+            score = self._score(self.data.valid, "valid", seq, deadline,
+                                f"a validation pass took over {self.spec.limits.eval_cap_seconds:.0f} s")
+        finally:
+            if frozen:
+                cgroup.thaw()
+                self.clock.resume()
+            self.phase = "training"
+        point = {"train_seconds": self.clock.elapsed, "steps": self.feed.steps, "tokens": self.feed.tokens,
+                 "valid_ppl": score.perplexity}
+        self.result.curve.append(point)
+        self.on_event({"type": "curve", **point})
+        return {"type": "validation", "perplexity": score.perplexity, "pass_index": index, "passes": passes,
+                "step": self.feed.steps, "tokens": self.feed.tokens, "train_seconds": self.clock.elapsed,
+                "last": index == passes - 1}
+
+    def _progress(self) -> None:
+        now = time.monotonic()
+        if now - self.last_progress < PROGRESS_EVERY_SECONDS or self.feed is None:
+            return
+        self.last_progress = now
+        self.on_event({"type": "progress", "phase": self.phase, "step": self.feed.steps, "epoch": self.feed.epoch,
+                       "train_seconds": self.clock.elapsed, "tokens": self.feed.tokens, "loss": self.last_loss})
+
+    # --- Scoring ---------------------------------------------------------------------------------------
+
+    def _final_scoring(self) -> None:
+        self.phase = "scoring"
+        self.on_event({"type": "phase", "phase": "scoring"})
+        deadline = time.monotonic() + self.spec.limits.scoring_cap_seconds + self.spec.limits.grace
+        why = f"final scoring took over {self.spec.limits.scoring_cap_seconds:.0f} s"
+        valid = self._score(self.data.valid, "valid", self.final_seq, deadline, why)
+        test = self._score(self.data.test, "test", self.final_seq, deadline, why)
+        self.result.valid, self.result.test = valid, test
+        self.result.param_count = self._parameter_count()
+        if isinstance(valid, SplitScore):
+            self.result.valid_sentence_nll = sentence_nll(valid.token_nll, self.data.valid, self.data.eos_id)
+            self.result.test_sentence_nll = sentence_nll(test.token_nll, self.data.test, self.data.eos_id)
+        for batch_size in self.spec.batch_independence:
+            self._check_batch_independence(batch_size, valid, deadline, why)
+        self.result.checks = {
+            "rows_checked": "finite, log-probabilities, normalised (in the supervisor)",
+            "nll": "renormalised rows", "causality": "passed" if self.spec.track == "causal" else "not applicable",
+            "replay": "passed", "tokens_scored_once": "passed", **self.audits,
+        }
+        self.result.audits = dict(self.audits)
+
+    def _check_batch_independence(self, batch_size: int, reference: SplitScore | MaskedScore, deadline: float,
+                                  why: str) -> None:
+        protocol = EvalProtocol(**{**asdict(self.spec.protocol), "batch_size": batch_size})
+        other = self._score(self.data.valid, "valid", self.final_seq, deadline, why, protocol)
+        if not np.isclose(other.perplexity, reference.perplexity, rtol=1e-4):
+            raise RunEnd(RunStatus.INVALID, FailureKind.INVALID_OUTPUT,
+                         f"perplexity depends on the scoring batch size ({reference.perplexity:.4f} with "
+                         f"{self.spec.protocol.batch_size} segments per batch, {other.perplexity:.4f} with "
+                         f"{batch_size}): rows of a batch must not influence each other")
+
+    def _score(self, ids: np.ndarray, split: str, seq: int, deadline: float, why: str,
+               protocol: EvalProtocol | None = None) -> SplitScore | MaskedScore:
+        for lane, scorer in enumerate(self.scorers):
+            if self.loaded.get(lane) != seq:
+                scorer.channel.send({"type": "load", "seq": seq, "file": f"checkpoint-{seq}.safetensors"})
+        for lane, scorer in enumerate(self.scorers):
+            if self.loaded.get(lane) != seq:
+                self._wait_seq(scorer, deadline, "loaded", seq, why)
+                self.loaded[lane] = seq
+        plan = ScorePass(split, ids, self.data.eos_id, len(self.data.vocab), protocol or self.spec.protocol,
+                         self.context, self.window, self.spec.track, self.mask_id)
+        in_flight: list[deque[tuple[int, Request, int]]] = [deque(), deque()]
+        sent = [0, 0]
+        for number, request in enumerate(plan.requests):
+            lane = request.lane
+            if len(in_flight[lane]) == SLOTS:
+                self._collect(plan, lane, in_flight[lane].popleft(), deadline, why)
+            slot = sent[lane] % SLOTS
+            sent[lane] += 1
+            self.scorers[lane].channel.send({"type": "log_probs", "id": number, "stream": request.stream,
+                                             "fresh": request.fresh, "keep": request.keep,
+                                             "shape": list(request.inputs.shape), "slot": slot},
+                                            payload_of(request))
+            in_flight[lane].append((number, request, slot))
+        for lane in range(2):
+            while in_flight[lane]:
+                self._collect(plan, lane, in_flight[lane].popleft(), deadline, why)
+        try:
+            score = plan.result()
+        except ScoreFailure as failure:
+            raise RunEnd(RunStatus.INVALID, failure.kind, failure.reason) from failure
+        for key, count in plan.audits.items():
+            self.audits[key] += count
+        return score
+
+    def _collect(self, plan: ScorePass, lane: int, flight: tuple[int, Request, int], deadline: float,
+                 why: str) -> None:
+        number, request, slot = flight
+        scorer = self.scorers[lane]
+        answer = self._wait(scorer, deadline, {"rows"}, why)
+        if answer["id"] != number:
+            raise RunEnd(RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
+                         f"the {scorer.name} answered request {answer['id']} when request {number} was due")
+        rows, cols = request.inputs.shape
+        count = rows * cols * len(self.data.vocab)
+        # Copy first, then check the copy: the scorer cannot change what is being checked.
+        block = np.frombuffer(self.shms[lane], dtype=np.float32, count=count, offset=slot * self.slot_bytes).copy()
+        try:
+            plan.take(request, torch.from_numpy(block).view(rows, cols, len(self.data.vocab)))
+        except ScoreFailure as failure:
+            raise RunEnd(RunStatus.INVALID, failure.kind, failure.reason) from failure
+
+    def _parameter_count(self) -> int | None:
+        """Values in the final checkpoint, optimiser state excluded, read from its safetensors header
+        by the supervisor (through a directory descriptor, never following a link)."""
+        header = read_checkpoint_header(self.run_dir / "trainer", f"checkpoint-{self.final_seq}.safetensors")
+        if header is None:
+            return None
+        total = 0
+        for key, info in header.items():
+            if key == "__metadata__" or key.startswith("optim/") or not isinstance(info, dict):
+                continue
+            shape = info.get("shape")
+            if isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape):
+                total += int(np.prod(shape, dtype=np.int64)) if shape else 1
+        return total
+
+    # --- Waiting, and every limit while waiting ----------------------------------------------------------
+
+    def _wait(self, child: _Child, deadline: float, expected: set[str], why: str | Callable[[], str]) -> dict[str, Any]:
+        """The next message from `child`, validated; servicing every other duty meanwhile."""
+        while True:
+            if child.queue:
+                try:
+                    message = validate(child.queue.popleft(), frozenset(expected))
+                except ProtocolViolation as violation:
+                    raise RunEnd(RunStatus.FAILED, violation.kind,
+                                 f"the {child.name} broke the harness protocol: it sent {violation.reason}") from violation
+                if message["type"] == "failure":
+                    kind, reason, trace = child_failure(message)
+                    raise RunEnd(kind.status, kind, reason, trace)
+                return message
+            if child.channel.closed or not child.alive():
+                self._child_ended(child)
+            if time.monotonic() > deadline:
+                reason = why() if callable(why) else why
+                status = RunStatus.TIMEOUT
+                raise RunEnd(status, FailureKind.TIMEOUT, reason)
+            self._service(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+    def _wait_seq(self, child: _Child, deadline: float, kind: str, seq: int,
+                  why: str | Callable[[], str] | None = None) -> None:
+        message = self._wait(child, deadline, {kind}, why or self._overrun_reason)
+        if message["seq"] != seq:
+            raise RunEnd(RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
+                         f"the {child.name} sent {kind} for {message['seq']} when {seq} was due")
+
+    def _child_ended(self, child: _Child) -> None:
+        """The awaited child closed its channel or exited without a word."""
+        deadline = time.monotonic() + 1.0
+        while child.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child.kill()
+        child.pump()
+        if child.queue:  # a last failure report may still be queued
+            try:
+                message = validate(child.queue.popleft(), frozenset({"failure"}))
+                kind, reason, trace = child_failure(message)
+                raise RunEnd(kind.status, kind, reason, trace)
+            except ProtocolViolation:
+                pass
+        self._check_memory_ended(child)
+        code = child.exit_code
+        if code is not None and code < 0:
+            hint = " (SIGKILL: possibly the kernel's out-of-memory killer)" if code == -9 else ""
+            reason = f"the {child.name} was killed by signal {-code}{hint} before it reported a result"
+        else:
+            reason = f"the {child.name} exited with code {code} before it reported a result"
+        raise RunEnd(RunStatus.FAILED, FailureKind.RUNTIME_ERROR, reason)
+
+    def _check_memory_ended(self, child: _Child) -> None:
+        limit = self.spec.limits.memory_bytes
+        if child.cgroup is not None and child.cgroup.oom_killed():
+            raise RunEnd(RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY,
+                         f"memory reached the {format_bytes(limit)} budget in the {child.name}: the kernel's "
+                         "memory limit (cgroup) stopped it")
+        if child.peak > limit:
+            raise RunEnd(RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY,
+                         f"peak memory {format_bytes(child.peak)} of the {child.name} exceeded the "
+                         f"{format_bytes(limit)} budget")
+
+    def _service(self, timeout: float) -> None:
+        live = [c for c in self.children if c.exit_code is None or not c.channel.closed]
+        sources: list[Any] = [c.channel for c in live if not c.channel.closed] + [c.log_fd for c in live]
+        try:
+            readable, _, _ = select.select(sources, [], [], timeout)
+        except (OSError, ValueError):
+            readable = []
+        for child in self.children:
+            if child.channel in readable:
+                try:
+                    child.pump()
+                except ProtocolViolation as violation:
+                    raise RunEnd(RunStatus.FAILED, violation.kind,
+                                 f"the {child.name} broke the harness protocol: it sent {violation.reason}") from violation
+            if child.log_fd in readable:
+                child.drain_log()
+        self._check_limits()
+
+    def _check_limits(self) -> None:
+        now = time.monotonic()
+        if now - self.last_limits_check < POLL_SECONDS:
+            return
+        self.last_limits_check = now
+        total_log = sum(c.log_bytes for c in self.children)
+        if total_log > MAX_LOG_BYTES:
+            raise RunEnd(RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
+                         f"the run printed more than {format_bytes(MAX_LOG_BYTES)} of output")
+        for child in self.children:
+            if child.exit_code is not None:
+                continue
+            if child.cgroup is not None and child.cgroup.oom_killed():
+                self._check_memory_ended(child)
+            rss = child.sample()
+            if rss > self.spec.limits.memory_bytes:
+                raise RunEnd(RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY,
+                             f"memory of the {child.name} reached {format_bytes(rss)}, over the "
+                             f"{format_bytes(self.spec.limits.memory_bytes)} budget")
+            if child.process_count() > MAX_CHILD_PROCESSES:
+                raise RunEnd(RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
+                             f"the run started more than {MAX_CHILD_PROCESSES} processes")
+        if now - self.last_disk_check >= DISK_CHECK_SECONDS:
+            self.last_disk_check = now
+            for child in self.children:
+                self._sample_resources(child)
+                used, entries = disk_usage(child.work_dir)
+                if used > self.spec.disk_bytes or entries >= 100_000:
+                    raise RunEnd(RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
+                                 f"the {child.name} wrote {format_bytes(used)} in {entries:,} files to its run "
+                                 f"directory, over the {format_bytes(self.spec.disk_bytes)} disk quota")
+
+    def _sample_resources(self, child: _Child) -> None:
+        if child.cgroup is None or child.exit_code is not None:
+            return
+        self.result.max_threads = max(self.result.max_threads, child.cgroup.thread_count())
+        if child is self.trainer:
+            self.result.cpu_seconds = child.cgroup.cpu_seconds()
+
+    # --- The end ---------------------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        if self.feed is not None and not self.result.steps:
+            self._record_counts()
+            self.result.train_seconds = self.clock.elapsed
+        for child in self.children:
+            try:
+                child.release()
+            except OSError:
+                pass
+        if self.trainer is not None:
+            self.result.peak_memory_bytes = max(self.result.peak_memory_bytes, self.trainer.peak)
+        if self.scorers:
+            self.result.scorer_peak_memory_bytes = max(scorer.peak for scorer in self.scorers)
+        self.result.log_tail = self._log_tail()
+        self.result.isolation = {**self.confinement.as_dict(),
+                                 "memory_enforcement": "cgroup" if all(c.cgroup for c in self.children) and self.children
+                                 else "monitor",
+                                 "freezer": "cgroup freezer" if not self.result.paused_counted
+                                 else "none: validation passes counted as training time",
+                                 "note": "; ".join(n for n in [self.confinement.note, *(c.note for c in self.children)] if n),
+                                 "cpu_seconds": self.result.cpu_seconds, "max_threads": self.result.max_threads,
+                                 "scorer_peak_memory_bytes": self.result.scorer_peak_memory_bytes}
+        for shared, fd in zip(getattr(self, "shms", []), getattr(self, "shm_fds", [])):
+            shared.close()
+            os.close(fd)
+        for name in ("trainer", "scorer0", "scorer1"):  # nothing a run wrote survives it
+            shutil.rmtree(self.run_dir / name, ignore_errors=True)
+
+    def _log_tail(self) -> str:
+        parts = []
+        for child in self.children:
+            text = bytes(child.tail).decode("utf-8", errors="replace").strip()
+            if text:
+                parts.append(f"--- {child.name} ---\n{text}")
+        return "\n".join(parts)[-LOG_TAIL_BYTES:]
+
+
+def read_checkpoint_header(directory: Path, name: str, cap: int = 16 * 2**20) -> dict[str, Any] | None:
+    """The JSON header of a safetensors file a child wrote: opened under a directory descriptor with
+    O_NOFOLLOW, regular files only, the header size capped. None when it is not a valid header."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:
+        os.close(dir_fd)
+        return None
+    try:
+        import stat
+
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        head = os.read(fd, 8)
+        if len(head) != 8:
+            return None
+        (size,) = struct.unpack("<Q", head)
+        if size > cap:
+            return None
+        data = b""
+        while len(data) < size:
+            chunk = os.read(fd, size - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        header = json.loads(data)
+        return header if isinstance(header, dict) else None
+    except (OSError, ValueError, RecursionError):
+        return None
+    finally:
+        os.close(fd)
+        os.close(dir_fd)

@@ -1,0 +1,144 @@
+"""One run end to end through `execute_run`: real sandboxed trainer and scorers on a small synthetic
+corpus. What the supervisor measures, counts and decides, and how each failure is classified."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.budget import RunLimits
+from harness.checking import synthetic_data
+from harness.errors import FailureKind, RunStatus
+from harness.execution import RunResult, RunSpec, execute_run
+from harness.sandbox import bwrap_problem, resolve_confinement
+from harness.scoring import EvalProtocol
+
+HEAD = '''
+import json, math, time
+from dataclasses import dataclass
+import torch
+from harness.contract import Entry, Hparams
+
+@dataclass
+class H(Hparams):
+    batch_size: int = 4
+    seq_len: int = 50
+    max_steps: int | None = None
+    max_epochs: int | None = None
+
+class Base(Entry):
+    Hparams = H
+    def setup(self, ctx):
+        self.V = ctx.vocab_size
+        self.logits = torch.zeros(ctx.vocab_size)
+        self.calls = []
+    def train_step(self, inputs, targets):
+        self.logits += 0.01 * torch.bincount(targets.flatten(), minlength=self.V)
+        return 1.0
+    def log_probs(self, inputs, state):
+        return self.logits.log_softmax(-1).expand(*inputs.shape, -1), state
+'''
+
+
+def run(tmp_path: Path, body: str, seconds: float = 30.0, evals: int = 0, **spec: object) -> RunResult:
+    source = HEAD + textwrap.dedent(body)
+    if bwrap_problem():
+        pytest.fail(f"the sandbox is needed: {bwrap_problem()}")
+    run_spec = RunSpec(entry_name="e", source=source, source_hash=hashlib.sha256(source.encode()).hexdigest(),
+                       track="causal", hparams=dict(spec.pop("hparams", {})), seed=0, device="cpu", threads=1,
+                       limits=RunLimits(seconds=seconds, memory_bytes=4 * 2**30, evals=evals),
+                       protocol=EvalProtocol(segment_tokens=512, batch_size=4), **spec)
+    return execute_run(run_spec, synthetic_data(), resolve_confinement("bwrap"), tmp_path / "run")
+
+
+def test_hooks_run_in_order_and_counts_come_from_the_supervisor(tmp_path: Path) -> None:
+    result = run(tmp_path, '''
+        class E(Base):
+            def on_epoch_start(self, epoch): self.calls.append(f"start{epoch}")
+            def on_epoch_end(self, epoch): self.calls.append(f"end{epoch}")
+            def on_validation(self, info): self.calls.append(f"valid{info.pass_index}/{info.passes}:{info.last}")
+            def prepare_for_eval(self): self.calls.append("prepare")
+            def resume_training(self): self.calls.append("resume")
+            def on_train_end(self): self.calls.append("train_end"); print("CALLS", json.dumps(self.calls))
+    ''', hparams={"max_epochs": 2}, eval_at_steps=(3,))
+    assert result.status is RunStatus.OK, result.reason
+    calls = json.loads(result.log_tail.split("CALLS ", 1)[1].splitlines()[0])
+    assert calls == ["start0", "prepare", "resume", "valid0/1:True", "end0", "start1", "end1", "train_end"]
+    steps_per_epoch = -(-(4_000 // 4) // 50)
+    assert result.steps == 2 * steps_per_epoch and result.epochs == 2.0 and result.stop_reason == "max_epochs"
+    assert result.tokens == 2 * 4 * (4_000 // 4)
+    assert len(result.curve) == 1 and result.curve[0]["steps"] == 3
+    assert result.audits["causality_audits"] >= 4 and result.audits["replay_probes"] >= 4
+    assert result.valid.tokens == 6_000 and result.test.tokens == 3_000
+
+
+def test_the_budget_stops_training_and_validation_passes_are_not_timed(tmp_path: Path) -> None:
+    result = run(tmp_path, '''
+        class E(Base):
+            def train_step(self, inputs, targets):
+                time.sleep(0.05)
+                return 1.0
+            def log_probs(self, inputs, state):
+                time.sleep(0.2)  # slow scoring: if passes were timed, training would get far fewer steps
+                return super().log_probs(inputs, state)
+    ''', seconds=6.0, evals=2)
+    assert result.status is RunStatus.OK, result.reason
+    assert result.stop_reason == "budget" and 6.0 <= result.train_seconds < 6.0 + 1.5
+    assert len(result.curve) == 2 and not result.paused_counted
+    # Each pass sleeps 0.2 s in every one of its ~30 requests; were passes timed, the first curve point
+    # (due at 2 s of training) would read over 8 s and the run would have stopped before the second.
+    assert result.curve[0]["train_seconds"] < 3.5 and result.curve[1]["train_seconds"] < 5.5
+    assert result.steps == result.curve[1]["steps"] + (result.steps - result.curve[1]["steps"]) > 0
+
+
+def test_a_step_that_never_returns_is_killed_at_budget_plus_grace(tmp_path: Path) -> None:
+    result = run(tmp_path, '''
+        class E(Base):
+            def train_step(self, inputs, targets):
+                while True:
+                    time.sleep(1)
+    ''', seconds=3.0)
+    assert result.status is RunStatus.TIMEOUT and result.failure is FailureKind.TIMEOUT
+    assert "past the 3 s budget plus 2 s grace" in result.reason
+
+
+def test_failures_are_classified_with_their_traceback(tmp_path: Path) -> None:
+    nan = run(tmp_path / "a", '''
+        class E(Base):
+            def train_step(self, inputs, targets): return float("nan")
+    ''')
+    assert nan.failure is FailureKind.NON_FINITE and "non-finite loss" in nan.reason
+    bad = run(tmp_path / "b", '''
+        class E(Base):
+            def train_step(self, inputs, targets): return [1.0, 2.0]
+    ''')
+    assert bad.failure is FailureKind.CONTRACT_VIOLATION and "train_step must return the loss" in bad.reason
+    crash = run(tmp_path / "c", '''
+        class E(Base):
+            def train_step(self, inputs, targets): raise IndexError("deliberate")
+    ''')
+    assert crash.failure is FailureKind.RUNTIME_ERROR and "train_step (step 0) raised IndexError" in crash.reason
+    assert "deliberate" in crash.traceback
+    huge = run(tmp_path / "d", "class E(Base): pass\n", hparams={"batch_size": 50_000})
+    assert huge.failure is FailureKind.CONTRACT_VIOLATION and "batch_size 50000" in huge.reason
+
+
+def test_training_in_the_background_while_scoring_is_caught(tmp_path: Path) -> None:
+    result = run(tmp_path, '''
+        import threading
+        class E(Base):
+            def setup(self, ctx):
+                super().setup(ctx)
+                if ctx.role == "scorer":
+                    def drift():
+                        while True:
+                            self.logits += 0.5 * torch.randn(self.V)
+                            time.sleep(0.01)
+                    threading.Thread(target=drift, daemon=True).start()
+    ''', hparams={"max_steps": 2})
+    assert result.status is RunStatus.INVALID, result.reason
+    assert result.failure in (FailureKind.WEIGHTS_MODIFIED, FailureKind.CAUSALITY_VIOLATION)
