@@ -244,9 +244,9 @@ def _setting_differences(row: dict[str, Any], official: OfficialConfig) -> list[
         found.append(f"budget {_figure(row['budget_seconds'])} (official {_figure(official.budget_seconds)})")
     if row["memory_limit_bytes"] != official.memory_bytes:
         found.append(f"memory {format_bytes(row['memory_limit_bytes'])} (official {format_bytes(official.memory_bytes)})")
-    if row["evals"] is None or _missing(row["evals"]):
-        found.append(f"evals not recorded (official {official.evals})")
-    elif int(row["evals"]) != official.evals:
+    # A run that did not record its cadence (written before runs did, or by another tool) is not
+    # taken for an override; beside runs that did record it, its digest differs and the newest decides.
+    if not _missing(row["evals"]) and int(row["evals"]) != official.evals:
         found.append(f"evals {int(row['evals'])} (official {official.evals})")
     if row["device"] != official.device:
         found.append(f"device {row['device']} (official {official.device})")
@@ -268,8 +268,11 @@ def _hparam_differences(overrides: dict[str, Any], official: dict[str, Any]) -> 
 
 
 def _environment_differences(parts: dict[str, Any], official: dict[str, Any]) -> list[str]:
-    """Differences outside the organiser's settings: hardware, data, evaluation protocol, harness version."""
+    """Differences outside the organiser's settings (hardware, data, evaluation protocol, harness
+    version), or a cadence recorded by one run and not by the other."""
     found = []
+    if parts["evals"] != official["evals"]:
+        found.append(f"evals {_figure(parts['evals'])} (official {_figure(official['evals'])})")
     if parts["hardware"] != official["hardware"]:
         found.append(f"hardware {parts['hardware']} (official {official['hardware']})")
     if parts["data"] != official["data"]:

@@ -102,9 +102,12 @@ def test_runs_frame_filters(tmp_path: Path) -> None:
     assert list(runs_frame(store, entry="b")["status"]) == ["ok"]
     assert runs_frame(store, track="mlm").empty
     unrecorded = add_run(store, "c", 0, np.ones(10), config=None)  # a run whose cadence nobody recorded
+    assert classified_runs(store).set_index("id").loc[unrecorded, "configuration"] == "official"
+    recorded = add_run(store, "c", 1, np.ones(10))  # the newest run recorded it: its digest is the official one
     runs = classified_runs(store).set_index("id")
     assert runs.loc[unrecorded, "differs"] == "evals not recorded (official 10)"
-    assert list(runs["configuration"]) == ["official", "official", "exploration"]
+    assert list(runs["configuration"]) == ["official", "official", "exploration", "official"]
+    assert runs.loc[recorded, "counted"]
     old = add_run(store, "d", 0, np.ones(10), division=None)  # written before runs recorded their division
     assert classified_runs(store).set_index("id").loc[old, "differs"] == "no division recorded"
 
