@@ -40,6 +40,7 @@ from harness.sandbox import Cgroup, Confinement, SandboxSpec, disk_usage, start_
 from harness.scoring import EvalProtocol, MaskedScore, Request, ScoreFailure, ScorePass, SplitScore, payload_of, sentence_nll
 
 POLL_SECONDS = 0.1
+LIMITS_EVERY_SECONDS = 0.2
 STARTUP_CAP_SECONDS = 120.0
 MAX_LOG_BYTES = 16 * 2**20       # a run printing more than this is stopped
 MAX_CHILD_PROCESSES = 64         # a run starting more processes than this is stopped
@@ -125,6 +126,8 @@ class RunResult:
     audits: dict[str, int] = field(default_factory=dict)
     context: int = 0
     window: int = 0
+    pass_seconds: list[dict[str, float]] = field(default_factory=list)
+    """Per validation pass: wall seconds of the whole pass (checkpoint, freeze, load, score, thaw) and of the scoring."""
 
     @property
     def ok(self) -> bool:
@@ -216,11 +219,15 @@ class _Child:
         return False
 
     def sample(self) -> int:
-        rss = tree_rss(self.process.pid)
+        """Memory now: the kernel's count for the cgroup where there is one (cheap), else the tree's RSS."""
+        usage = self.cgroup.usage_bytes() if self.cgroup is not None else None
+        rss = usage if usage is not None else tree_rss(self.process.pid)
         self.sampled_peak = max(self.sampled_peak, rss)
         return rss
 
     def process_count(self) -> int:
+        if self.cgroup is not None and "pids" in self.cgroup.paths:
+            return len(self.cgroup.pids()) - SANDBOX_PLUMBING
         try:
             return len(psutil.Process(self.process.pid).children(recursive=True)) + 1 - SANDBOX_PLUMBING
         except psutil.Error:
@@ -310,6 +317,7 @@ class _Run:
             work.mkdir()
         rows = self.spec.protocol.batch_size * max(self.spec.protocol.window + MAX_CONTEXT, 128)
         self.slot_bytes = rows * len(self.data.vocab) * 4
+        self.block_buffer = np.empty(self.slot_bytes // 4, dtype=np.float32)
         self.shm_fds, self.shms = [], []
         for _ in range(2):  # one shared block per scorer: inheritable, sparse until written
             fd = os.memfd_create("ptb-harness-rows", 0)
@@ -414,9 +422,11 @@ class _Run:
             done = len(self.result.curve)
             if done < passes and self._pass_due(done, pass_times):
                 seq += 1
+                began = time.monotonic()
                 self.trainer.channel.send({"type": "checkpoint", "seq": seq})
                 self._wait_seq(self.trainer, self._training_deadline(), "checkpoint_ready", seq)
                 pending = self._validation_pass(seq, done, passes)
+                self.result.pass_seconds[-1]["total"] = time.monotonic() - began
                 continue
             batch = self.feed.next_batch(request["seq_len"])
             message = {"type": "batch", "shape": list(batch.inputs.shape), "epoch": batch.epoch,
@@ -483,8 +493,11 @@ class _Run:
         self.phase = "validation"
         try:
             deadline = time.monotonic() + self.spec.limits.eval_cap_seconds + self.spec.limits.grace
+            began = time.monotonic()
             score = self._score(self.data.valid, "valid", seq, deadline,
                                 f"a validation pass took over {self.spec.limits.eval_cap_seconds:.0f} s")
+            self.result.pass_seconds.append({"scoring": time.monotonic() - began - self.last_load_seconds,
+                                             "load": self.last_load_seconds})
         finally:
             if frozen:
                 cgroup.thaw()
@@ -541,6 +554,7 @@ class _Run:
 
     def _score(self, ids: np.ndarray, split: str, seq: int, deadline: float, why: str,
                protocol: EvalProtocol | None = None) -> SplitScore | MaskedScore:
+        began = time.monotonic()
         for lane, scorer in enumerate(self.scorers):
             if self.loaded.get(lane) != seq:
                 scorer.channel.send({"type": "load", "seq": seq, "file": f"checkpoint-{seq}.safetensors"})
@@ -548,6 +562,7 @@ class _Run:
             if self.loaded.get(lane) != seq:
                 self._wait_seq(scorer, deadline, "loaded", seq, why)
                 self.loaded[lane] = seq
+        self.last_load_seconds = time.monotonic() - began
         plan = ScorePass(split, ids, self.data.eos_id, len(self.data.vocab), protocol or self.spec.protocol,
                          self.context, self.window, self.spec.track, self.mask_id)
         in_flight: list[deque[tuple[int, Request, int]]] = [deque(), deque()]
@@ -584,8 +599,12 @@ class _Run:
                          f"the {scorer.name} answered request {answer['id']} when request {number} was due")
         rows, cols = request.inputs.shape
         count = rows * cols * len(self.data.vocab)
-        # Copy first, then check the copy: the scorer cannot change what is being checked.
-        block = np.frombuffer(self.shms[lane], dtype=np.float32, count=count, offset=slot * self.slot_bytes).copy()
+        # Copy first, then check the copy: the scorer cannot change what is being checked. The copy
+        # goes into one buffer reused for every block (a fresh 40 MB array costs more in page faults).
+        source = np.frombuffer(self.shms[lane], dtype=np.float32, count=count, offset=slot * self.slot_bytes)
+        block = self.block_buffer[:count]
+        np.copyto(block, source)
+        del source
         try:
             plan.take(request, torch.from_numpy(block).view(rows, cols, len(self.data.vocab)))
         except ScoreFailure as failure:
@@ -690,7 +709,7 @@ class _Run:
 
     def _check_limits(self) -> None:
         now = time.monotonic()
-        if now - self.last_limits_check < POLL_SECONDS:
+        if now - self.last_limits_check < LIMITS_EVERY_SECONDS:
             return
         self.last_limits_check = now
         total_log = sum(c.log_bytes for c in self.children)

@@ -588,6 +588,16 @@ class Cgroup:
         except OSError:
             return
 
+    def usage_bytes(self) -> int | None:
+        """Memory charged to the group now (None without the memory controller)."""
+        if "memory" not in self.paths:
+            return None
+        name = "memory.usage_in_bytes" if self.version == 1 else "memory.current"
+        try:
+            return int((self.paths["memory"] / name).read_text())
+        except (OSError, ValueError):
+            return None
+
     def peak_bytes(self) -> int:
         if "memory" not in self.paths:
             return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import hashlib
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -51,9 +52,12 @@ class SiteOptions:
 
 
 def entry_filename(entry: str) -> str:
-    """A safe, stable file name for an entry's page."""
-    safe = re.sub(r"[^A-Za-z0-9_-]", "_", entry)[:80] or "entry"
-    return f"{safe}.html"
+    """A safe, stable and unique file name for an entry's page: names that clean to the same
+    characters (`a/b`, `a_b`) still get different pages, from a digest of the exact name."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", entry)[:60] or "entry"
+    if safe == entry:
+        return f"{safe}.html"
+    return f"{safe}-{hashlib.sha256(entry.encode()).hexdigest()[:10]}.html"
 
 
 def _environment(templates: Path) -> jinja2.Environment:

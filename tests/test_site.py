@@ -266,3 +266,11 @@ def test_entry_page_lists_exploration_runs_with_what_differs(built: dict[str, Pa
     assert "exploration: hparams lr=0.5" in configuration.values()
     index = (built["final"] / "index.html").read_text()
     assert f"{EXPLORED_PPL:.2f}" not in index and "102.00" in index  # alpha: the mean of its three official seeds
+
+
+def test_entry_pages_are_unique_and_stable_whatever_the_name() -> None:
+    names = ["kn5", "submissions/kn5", "submissions_kn5", "a b", "a_b", "<x>", "_x_"]
+    files = [entry_filename(name) for name in names]
+    assert len(set(files)) == len(names)
+    assert files == [entry_filename(name) for name in names]
+    assert entry_filename("kn5") == "kn5.html"

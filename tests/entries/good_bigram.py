@@ -25,6 +25,11 @@ class AddOneBigram(Entry):
         self.counts.index_put_((inputs.flatten(), targets.flatten()), torch.ones(targets.numel()), accumulate=True)
         return 1.0
 
+    def load_state_dict(self, state):
+        self.table = None  # a cache of the loaded counts: rebuilt on first use
+        super().load_state_dict(state)
+
     def log_probs(self, inputs, state):
-        table = (self.counts / self.counts.sum(1, keepdim=True)).log()  # (V, V)
-        return table[inputs], state  # (B, T, V)
+        if getattr(self, "table", None) is None:  # normalised once per scorer process, after loading
+            self.table = (self.counts / self.counts.sum(1, keepdim=True)).log()  # (V, V)
+        return self.table[inputs], state  # (B, T, V)
