@@ -150,7 +150,9 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
         confinement = _confinement(sandbox)
         if confinement.sandbox == "none" and sandbox == "auto":
             entries = [_refuse_unsandboxed(entry, confinement) for entry in entries]
-        overrides = _typed_overrides(entries, list(hparams), confinement) if hparams else {}
+        # Pinned hyper-parameters (competition.toml) first, --hparam on top: typed against each schema.
+        pairs = {entry.name: competition.pinned_pairs(entry.name) + list(hparams) for entry in entries}
+        overrides = _typed_overrides(entries, pairs, confinement) if any(pairs.values()) else {}
         seed_list = [seed + i for i in range(seeds or competition.seeds)]
         config = {"competition": competition.as_dict(), "division": division.name,
                   "options": {"budget": limits.seconds, "memory_bytes": limits.memory_bytes, "evals": limits.evals,
@@ -176,7 +178,8 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
                         outcomes.append(outcome)
         view.summary(outcomes, db)
         if run_all and with_site:
-            written = _build_site(store, Path("site"), None, config_path, None)
+            written = _build_site(store, Path("site"), None, config_path, None,
+                                  {entry.name: entry.source_hash for entry in available.values()})
             click.echo(f"site rebuilt: {len(written)} files in site/", err=True)
         if any(outcome.status is not RunStatus.OK for outcome in outcomes):
             sys.exit(EXIT_RUN_FAILED)
@@ -234,7 +237,7 @@ def _refuse_unsandboxed(entry: EntrySource, confinement: Confinement) -> EntrySo
     return EntrySource(entry.name, entry.path, entry.kind, entry.source, entry.source_hash, problem)
 
 
-def _typed_overrides(entries: list[EntrySource], pairs: list[str],
+def _typed_overrides(entries: list[EntrySource], pairs: dict[str, list[str]],
                      confinement: Confinement) -> dict[str, dict[str, Any]]:
     """Check `--hparam` against each entry's schema (read in a sandboxed process: importing runs its code)."""
     from harness.checking import describe_entries
@@ -245,7 +248,7 @@ def _typed_overrides(entries: list[EntrySource], pairs: list[str],
     for entry in runnable:
         description = descriptions[entry.name]
         if description["ok"]:
-            typed[entry.name] = parse_overrides(pairs, description["schema"], entry.name)
+            typed[entry.name] = parse_overrides(pairs[entry.name], description["schema"], entry.name)
         else:  # it will fail alone when it runs, with its traceback recorded
             typed[entry.name] = {}
     return typed
@@ -335,7 +338,7 @@ def check(path: str, hparams: tuple[str, ...], device: str, timeout: float, sand
         if confinement.sandbox == "none" and sandbox == "auto":
             raise ConfigError(f"no working sandbox here ({confinement.note}); install bubblewrap, or pass "
                               "--sandbox none to run this entry's code unconfined")
-        overrides = _typed_overrides([entry], list(hparams), confinement)[entry.name] if hparams else {}
+        overrides = _typed_overrides([entry], {entry.name: list(hparams)}, confinement)[entry.name] if hparams else {}
         _, found = check_entry(entry, overrides, resolve_device(device), confinement, timeout)
         for finding in found:
             mark = click.style("ok  ", fg="green") if finding["ok"] else click.style("FAIL", fg="red")
@@ -398,26 +401,38 @@ def list_entries(submissions: str, baselines: str, as_json: bool) -> None:
 @click.option("--phase", type=click.Choice(["open", "final"]),
               help="open: rank on validation; final: on test [default: the config's].")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Competition config.")
+@entry_dir_options
 def results(db: str, fmt: str, output: str | None, entry: str | None, status: str | None, track: str | None,
-            division: str | None, list_runs: bool, phase: str | None, config_path: str | None) -> None:
-    """The ranking per track and division (mean and 95% interval over seeds, ties marked), or runs."""
+            division: str | None, list_runs: bool, phase: str | None, config_path: str | None, submissions: str,
+            baselines: str) -> None:
+    """The ranking per track and division (official configurations only, mean and 95% interval over
+    seeds, ties marked, published results in place), or the runs, each official or exploration."""
     from harness import report
-    from harness.results import failures, leaderboard, runs_frame
+    from harness.results import classified_runs, failures, leaderboard, load_references
 
     with _errors_to_exit():
         store = open_store(_existing_db(db), read_only=True)
         competition = load_competition(config_path)
         chosen_phase = phase or competition.phase
+        sources = _current_sources(submissions, baselines)
         if list_runs or status:
-            frame = runs_frame(store, entry=entry, status=status, track=track, division=division)
+            frame = classified_runs(store, competition, sources, entry=entry, status=status, track=track,
+                                    division=division)
             report.emit_runs(frame, fmt, output)
             return
-        rankings = [ranking for ranking in leaderboard(store, chosen_phase, track=track, division=division)
+        rankings = [ranking for ranking in leaderboard(store, chosen_phase, track=track, division=division,
+                                                       competition=competition, current_sources=sources,
+                                                       references=load_references())
                     if ranking.track in competition.tracks]
         if entry:
             for ranking in rankings:
                 ranking.table = ranking.table[ranking.table["entry"] == entry]
-        report.emit_rankings(rankings, failures(store, track), fmt, output, chosen_phase)
+        report.emit_rankings(rankings, failures(store, track, competition, sources), fmt, output, chosen_phase)
+
+
+def _current_sources(submissions: str, baselines: str) -> dict[str, str]:
+    """entry -> source hash of its file on disk (entries no longer on disk fall back to their newest run)."""
+    return {name: entry.source_hash for name, entry in discover(_entry_dirs(submissions, baselines)).items()}
 
 
 @main.command()
@@ -427,21 +442,24 @@ def results(db: str, fmt: str, output: str | None, entry: str | None, status: st
 @click.option("--phase", type=click.Choice(["open", "final"]), help="[default: the config's]")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Competition config.")
 @click.option("--templates", type=click.Path(file_okay=False), help="Folder with templates/ and static/.")
-def site(db: str, out_dir: str, phase: str | None, config_path: str | None, templates: str | None) -> None:
+@entry_dir_options
+def site(db: str, out_dir: str, phase: str | None, config_path: str | None, templates: str | None,
+         submissions: str, baselines: str) -> None:
     """Build the static leaderboard site from the results database."""
     with _errors_to_exit():
         written = _build_site(open_store(_existing_db(db), read_only=True), Path(out_dir), phase, config_path,
-                              templates)
+                              templates, _current_sources(submissions, baselines))
         click.echo(f"wrote {len(written)} files to {out_dir}/ (open {Path(out_dir) / 'index.html'})")
 
 
 def _build_site(store: Store, out_dir: Path, phase: str | None, config_path: str | None,
-                templates: str | None) -> list[Path]:
+                templates: str | None, current_sources: dict[str, str] | None = None) -> list[Path]:
     from harness.site import LEADERBOARD_DIR, SiteOptions, build_site
 
     competition = load_competition(config_path)
     options = SiteOptions(out_dir=out_dir, phase=phase or competition.phase, competition_name=competition.name,
-                          templates=Path(templates) if templates else LEADERBOARD_DIR, tracks=competition.tracks)
+                          templates=Path(templates) if templates else LEADERBOARD_DIR, tracks=competition.tracks,
+                          competition=competition, current_sources=current_sources)
     return build_site(store, options)
 
 
@@ -477,15 +495,22 @@ class ServeError(HarnessError):
 @click.argument("run_id", type=int)
 @click.option("--db", default="harness.sqlite", show_default=True, envvar="HARNESS_DB", help="Results database.")
 @click.option("--source", "with_source", is_flag=True, help="Print the entry's source code too.")
-def show(run_id: int, db: str, with_source: bool) -> None:
-    """Everything about one run: config, environment, curve, checks, error and log tail."""
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Competition config.")
+@entry_dir_options
+def show(run_id: int, db: str, with_source: bool, config_path: str | None, submissions: str, baselines: str) -> None:
+    """Everything about one run: official or exploration, config, environment, curve, checks, error, log tail."""
     from harness import report
+    from harness.results import classified_runs
 
     with _errors_to_exit():
-        run = open_store(_existing_db(db), read_only=True).get_run(run_id)
+        store = open_store(_existing_db(db), read_only=True)
+        run = store.get_run(run_id)
         if run is None:
             raise EntryError(f"no run {run_id} in {redact_url(db)}; `harness results --runs` lists them")
-        click.echo(report.describe_run(run, with_source))
+        runs = classified_runs(store, load_competition(config_path), _current_sources(submissions, baselines),
+                               entry=run.entry)
+        standing = runs[runs["id"] == run_id].iloc[0].to_dict()
+        click.echo(report.describe_run(run, with_source, standing))
 
 
 @main.command()
