@@ -28,6 +28,7 @@ from harness.entries import EntrySource, discover, parse_overrides, select, stat
 from harness.errors import ConfigError, EntryError, FailureKind, HarnessError, RunStatus, StoreError, redact_url
 from harness.store import Store
 from harness.sandbox import Confinement, resolve_confinement
+from harness.plan import make_plan
 from harness.supervisor import (
     REUSE_DEFAULT, REUSE_NOTHING, REUSE_RETRY_FAILED, RunOutcome, RunRequest, Supervisor,
 )
@@ -99,7 +100,10 @@ def main() -> None:
 @click.option("--seeds", type=click.IntRange(min=1), help="Runs per entry [default: the config's, 1].")
 @hparam_option
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads per run [default: all cores].")
-@click.option("--evals", type=click.IntRange(min=0), help="Validation passes during training [default: 10].")
+@click.option("--evals", default="auto", show_default=True, metavar="N|auto",
+              help="Validation passes during training; auto: the competition's number at the division's budget, "
+                   "scaled down with a shorter budget (at least 1).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (runs, reused results, estimated time) and stop.")
 @click.option("--force", is_flag=True, help="Run again even where a finished result of the same key exists.")
 @click.option("--retry-failed", is_flag=True, help="Run again failed, timed-out and out-of-memory results.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
@@ -118,7 +122,7 @@ def main() -> None:
               help="After --all, rebuild the static site into ./site.")
 def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str | None, device: str,
         division_name: str | None, seed: int, seeds: int | None, hparams: tuple[str, ...], threads: int | None,
-        evals: int | None, force: bool, retry_failed: bool, config_path: str | None, data_dir: str | None,
+        evals: str, dry_run: bool, force: bool, retry_failed: bool, config_path: str | None, data_dir: str | None,
         db: str, runs_dir: str, submissions: str, baselines: str, as_json: bool, sandbox: str,
         with_site: bool) -> None:
     """Train and score entries (NAMES, or paths to .py files), each in its own process.
@@ -144,8 +148,9 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
         if not entries:
             raise EntryError(f"none of the entries is in the competition's tracks ({', '.join(competition.tracks)}); "
                              f"see `tracks` in {competition.source}")
-        limits = RunLimits(seconds=division.budget if budget is None else budget, memory_bytes=parse_memory(memory or division.memory),
-                           evals=competition.evals if evals is None else evals)
+        seconds = division.budget if budget is None else budget
+        limits = RunLimits(seconds=seconds, memory_bytes=parse_memory(memory or division.memory),
+                           evals=_evals(evals, competition.evals, seconds, division.budget))
         source = DataSource.from_options(data_dir)
         confinement = _confinement(sandbox)
         if confinement.sandbox == "none" and sandbox == "auto":
@@ -164,18 +169,21 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
         if abandoned:
             click.echo(f"marked {abandoned} run(s) left unfinished by a stopped harness as interrupted", err=True)
         corpus = load_corpus(source)
-        view = ProgressView(as_json)
+        requests = [RunRequest(entry=entry, hparams=overrides.get(entry.name, {}), seed=run_seed,
+                               device=chosen_device, threads=threads or os.cpu_count() or 1,
+                               limits=limits, division=division.name, config=config, problem=entry.problem)
+                    for entry in entries for run_seed in seed_list]
+        plan = make_plan(store, requests, dict(corpus.checksums), reuse)
+        click.echo(plan.describe(division.name), err=True)
+        if dry_run:
+            return
+        view = ProgressView(as_json, plan)
         outcomes: list[RunOutcome] = []
         with Supervisor(store, corpus, Path(runs_dir), on_event=view.on_event, confinement=confinement) as supervisor:
-            for entry in entries:
-                for run_seed in seed_list:
-                    request = RunRequest(entry=entry, hparams=overrides.get(entry.name, {}), seed=run_seed,
-                                         device=chosen_device, threads=threads or os.cpu_count() or 1,
-                                         limits=limits, division=division.name, config=config,
-                                         problem=entry.problem)
-                    outcome = supervisor.run_or_reuse(request, reuse)
-                    if outcome is not None:
-                        outcomes.append(outcome)
+            for request in requests:
+                outcome = supervisor.run_or_reuse(request, reuse)
+                if outcome is not None:
+                    outcomes.append(outcome)
         view.summary(outcomes, db)
         if run_all and with_site:
             written = _build_site(store, Path("site"), None, config_path, None,
@@ -183,6 +191,21 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
             click.echo(f"site rebuilt: {len(written)} files in site/", err=True)
         if any(outcome.status is not RunStatus.OK for outcome in outcomes):
             sys.exit(EXIT_RUN_FAILED)
+
+
+def _evals(value: str, competition_evals: int, seconds: float, division_seconds: float) -> int:
+    """`auto`: the competition's passes at the division's budget, proportionally fewer (at least 1) below it."""
+    if value == "auto":
+        if seconds >= division_seconds:
+            return competition_evals
+        return max(1, min(competition_evals, round(competition_evals * seconds / division_seconds)))
+    try:
+        count = int(value)
+    except ValueError:
+        raise ConfigError(f"--evals must be a number of validation passes or auto, got {value!r}") from None
+    if count < 0:
+        raise ConfigError(f"--evals must be >= 0, got {count}")
+    return count
 
 
 def _in_competition_tracks(entries: list[EntrySource], tracks: tuple[str, ...]) -> list[EntrySource]:
@@ -255,11 +278,17 @@ def _typed_overrides(entries: list[EntrySource], pairs: dict[str, list[str]],
 
 
 class ProgressView:
-    """A live progress line per run on stderr, and a summary at the end."""
+    """Progress on stderr: run k of n with its phase and bar, the time left, a summary at the end."""
 
-    def __init__(self, as_json: bool) -> None:
+    def __init__(self, as_json: bool, plan: Any) -> None:
         self.as_json = as_json
         self.tty = sys.stderr.isatty()
+        self.plan = plan
+        self.total = len(plan.to_run)
+        self.started = 0
+        self.left_seconds = plan.seconds
+        self.current_estimate = 0.0
+        self.run_began = time.monotonic()
         self.budget = 0.0
         self.last_draw = 0.0
         self.valid_ppl: float | None = None
@@ -267,48 +296,69 @@ class ProgressView:
     def on_event(self, event: dict[str, Any]) -> None:
         kind = event["type"]
         if kind == "run_started":
+            self.started += 1
+            self.current_estimate = self._estimate(event["entry"])
+            self.run_began = time.monotonic()
             self.budget, self.valid_ppl = float(event["budget"]), None
-            click.echo(f"run {event['run_id']}: {event['entry']} (budget {self.budget:.0f} s)", err=True)
+            click.echo(f"run {self.started} of {self.total} (id {event['run_id']}): {event['entry']} "
+                       f"(budget {self.budget:.0f} s; about {_clock(self.left_seconds)} left in all)", err=True)
         elif kind == "curve":
             self.valid_ppl = event.get("valid_ppl")
-            self._draw(event, force=True)
-        elif kind == "progress":
-            self._draw(event, force=False)
+            self._draw({**event, "phase": "validation"}, force=True)
+        elif kind in ("progress", "phase"):
+            self._draw(event, force=kind == "phase")
         elif kind in ("run_finished", "run_reused"):
-            if self.tty and kind == "run_finished":
-                click.echo("", err=True)
+            if kind == "run_finished":
+                self.left_seconds = max(0.0, self.left_seconds - self.current_estimate)
+                if self.tty:
+                    click.echo("", err=True)
             prefix = "reused " if kind == "run_reused" else ""
-            click.echo(prefix + _outcome_line(event), err=True)
+            line = prefix + _outcome_line(event)
+            if kind == "run_reused" and event["status"] not in (RunStatus.OK.value, RunStatus.INVALID.value):
+                line += "  (a reused failure: --retry-failed runs it again)"
+            click.echo(line, err=True)
             if self.as_json:
                 click.echo(json.dumps(event))
         elif kind == "run_busy":
             click.echo(f"{event['entry']} (seed {event['seed']}): run {event['run_id']} is in progress in "
-                       f"another harness process (pid {event['pid']}); left to it", err=True)
+                       f"another harness process; left to it", err=True)
+
+    def _estimate(self, entry: str) -> float:
+        return next((run.seconds for run in self.plan.to_run if run.request.entry.name == entry), 0.0)
 
     def _draw(self, event: dict[str, Any], force: bool) -> None:
         now = time.monotonic()
         if not (force or (self.tty and now - self.last_draw > 0.2)):
             return
         self.last_draw = now
+        phase = event.get("phase") or "training"
         elapsed = float(event.get("train_seconds") or 0.0)
         width = 24
         filled = min(width, int(width * elapsed / self.budget)) if self.budget else 0
         bar = "#" * filled + "-" * (width - filled)
-        loss = event.get("loss")
-        parts = [f"  [{bar}] {elapsed:6.1f}/{self.budget:.0f} s", f"step {event.get('step', event.get('steps', '-'))}"]
-        if loss is not None:
-            parts.append(f"loss {loss:.3f}")
+        left = max(0.0, self.left_seconds - (now - self.run_began))
+        parts = [f"  {phase:<10} [{bar}] {elapsed:6.1f}/{self.budget:.0f} s"]
+        if phase == "training":
+            parts.append(f"step {event.get('step', event.get('steps', '-'))}")
+            if event.get("loss") is not None:
+                parts.append(f"loss {event['loss']:.3f}")
         if self.valid_ppl is not None:
             parts.append(f"valid ppl {self.valid_ppl:.1f}")
+        parts.append(f"~{_clock(left)} left")
         line = "  ".join(parts)
         if self.tty:
-            click.echo("\r" + line.ljust(100)[:100], err=True, nl=False)
+            click.echo("\r" + line.ljust(110)[:110], err=True, nl=False)
         else:
             click.echo(line, err=True)
 
     def summary(self, outcomes: list[RunOutcome], db: str) -> None:
         ok = sum(outcome.status is RunStatus.OK for outcome in outcomes)
         click.echo(f"{ok} of {len(outcomes)} run(s) ok; results in {redact_url(db)}", err=True)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
 
 
 def _outcome_line(event: dict[str, Any]) -> str:
