@@ -397,6 +397,7 @@ class _Run:
                                  "the trainer did not start")
         self.clock.start()  # the first message comes before any participant code is imported
         self.result.environment = {k: v for k, v in environment.items() if k != "type"}
+        self.on_event({"type": "environment", "environment": self.result.environment})
         hparams = self._wait(self.trainer, self._training_deadline(), {"hparams"}, self._overrun_reason)
         self.result.hparams = hparams["values"]
         self.trainer.channel.send(self._context(hparams))
@@ -423,9 +424,9 @@ class _Run:
             if stop:
                 break
             done = len(self.result.curve)
-            due = epoch_closed if self.epoch_passes else self._pass_due(done, pass_times)
+            due = done < passes and (epoch_closed if self.epoch_passes else self._pass_due(done, pass_times))
             epoch_closed = False
-            if done < passes and due:
+            if due:
                 seq += 1
                 began = time.monotonic()
                 self.trainer.channel.send({"type": "checkpoint", "seq": seq})

@@ -193,6 +193,9 @@ class _LiveEvents:
         if event["type"] == "curve":
             point = {k: event[k] for k in ("train_seconds", "steps", "tokens", "valid_ppl")}
             self.supervisor.store.add_curve_point(self.run_id, **point)
+        if event["type"] == "environment":  # the trainer is up: shown while the run is in flight
+            self.supervisor.store.update_run(self.run_id, environment=event["environment"])
+            return
         if event["type"] in ("progress", "curve"):
             self.last = event
         self.supervisor.on_event({**event, "run_id": self.run_id, "entry": self.request.entry.name})
