@@ -20,6 +20,7 @@ import socket
 import struct
 import sys
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -298,6 +299,10 @@ class _Run:
         except RunEnd as end:
             self.result.status, self.result.failure = end.status, end.failure
             self.result.reason, self.result.traceback = end.reason, end.traceback
+        except Exception as exc:  # a fault of the harness itself: this run fails, recorded; the others go on
+            self.result.status, self.result.failure = RunStatus.FAILED, FailureKind.HARNESS_ERROR
+            self.result.reason = f"the harness failed during this run: {type(exc).__name__}: {exc}"
+            self.result.traceback = traceback.format_exc()
         finally:
             self._shutdown()
         return self.result
