@@ -292,7 +292,6 @@ class _Run:
     def execute(self) -> RunResult:
         try:
             self._prepare()
-            self._start_scorers()
             self._train()
             self._final_scoring()
             self.result.status = RunStatus.OK
@@ -337,7 +336,8 @@ class _Run:
                 "memory_bytes": self.spec.limits.memory_bytes, "work_dir": str(work_dir)}
 
     def _start_scorers(self) -> None:
-        """Two scorers first: their import and setup are untimed, and they then idle until needed.
+        """Two scorers, started when first needed (a validation pass, with the trainer frozen, or the
+        final scoring): their import and setup are untimed and never compete with timed training.
         Each scores half the windows and audits the other's, so neither can pass an audit by
         remembering the window it copies."""
         self.phase = "starting scorers"
@@ -501,8 +501,10 @@ class _Run:
             self.clock.pause()
         else:
             self.result.paused_counted = True
-        self.phase = "validation"
         try:
+            if not self.scorers:  # started at the first pass, with the trainer frozen: untimed, uncontended
+                self._start_scorers()
+            self.phase = "validation"
             deadline = time.monotonic() + self.spec.limits.eval_cap_seconds + self.spec.limits.grace
             began = time.monotonic()
             score = self._score(self.data.valid, "valid", seq, deadline,
@@ -533,6 +535,8 @@ class _Run:
     # --- Scoring ---------------------------------------------------------------------------------------
 
     def _final_scoring(self) -> None:
+        if not self.scorers:
+            self._start_scorers()
         self.phase = "scoring"
         self.on_event({"type": "phase", "phase": "scoring"})
         deadline = time.monotonic() + self.spec.limits.scoring_cap_seconds + self.spec.limits.grace
