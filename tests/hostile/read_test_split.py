@@ -3,14 +3,14 @@
 import os
 from pathlib import Path
 
-from tests.hostile import _base
 from tests.hostile._base import Uniform
 
 
 def candidates():
-    here = Path(_base.__file__).resolve()  # inside the harness's repository
+    here = Path(__file__).resolve()
     for folder in [os.environ.get("HARNESS_DATA_DIR", ""), Path.home() / ".cache" / "ptb-harness" / "data",
-                   os.environ.get("HARNESS_CACHE", ""), *[p / "shared" / "data" / "ptb" for p in here.parents],
+                   Path("/root/.cache/ptb-harness/data"), os.environ.get("HARNESS_CACHE", ""),
+                   *[p / "shared" / "data" / "ptb" for p in here.parents], Path("/work/shared/data/ptb"),
                    *[p / "data" for p in here.parents]]:
         if folder:
             yield Path(folder) / "ptb.test.txt"
