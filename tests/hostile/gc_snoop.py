@@ -4,6 +4,7 @@ It would memorise whatever it found; finding nothing, it stays a uniform model."
 
 import gc
 import sys
+import warnings
 
 import numpy as np
 
@@ -41,10 +42,12 @@ def candidates():
 
 
 def snoop(role):
-    for where, value in candidates():
-        if looks_like_split(value):
-            shape = getattr(value, "shape", len(value))
-            raise RuntimeError(f"the {role} holds split-sized ids ({type(value).__name__} {shape}, {where})")
+    with warnings.catch_warnings():  # touching deprecated module attributes warns
+        warnings.simplefilter("ignore")
+        for where, value in candidates():
+            if looks_like_split(value):
+                shape = getattr(value, "shape", len(value))
+                raise RuntimeError(f"the {role} holds split-sized ids ({type(value).__name__} {shape}, {where})")
     print(f"gc_snoop: nothing split-sized in the {role}", flush=True)
 
 
