@@ -92,12 +92,13 @@ EXPECTED = {
     "plant_files": ("ok", None, ""),  # every write refused: it goes on as a uniform model
     "read_secrets": ("ok", None, ""),  # nothing readable: it goes on as a uniform model
     "marker_import": ("ok", None, ""),
+    "tamper_describe": ("ok", None, ""),  # without --hparam there is no describer to tamper with
     # Names: a submission taking a baseline's name or author line fails alone, under its file's key.
     "submissions/reserved_name": ("failed", "contract_violation", "the name 'unigram' is taken by baseline"),
     "submissions/reserved_authors": ("failed", "contract_violation", "reserved for the harness's baselines"),
 }
 GOOD = ("unigram", "good_bigram")  # a baseline (it owns its name) and a good submission
-UNIFORM = ("gc_snoop", "plant_files", "read_secrets", "marker_import", "kill_parent")
+UNIFORM = ("gc_snoop", "plant_files", "read_secrets", "marker_import", "kill_parent", "tamper_describe")
 """Entries that end `ok` as the uniform model: they score exactly the vocabulary size."""
 PLANTED = "ptb_hostile_planted"
 MARKER = "ptb-hostile-marker"
@@ -286,3 +287,22 @@ def test_a_submission_named_like_a_baseline_fails_alone(tmp_path: Path, env: dic
     assert runs["submissions/impostor"].failure == "contract_violation"
     assert "the name 'kn5' is taken by baseline kn5.py" in runs["submissions/impostor"].reason
     assert runs["good_bigram"].status == "ok"
+
+
+def test_one_entry_cannot_describe_another(tmp_path: Path) -> None:
+    """Typing `--hparam` imports the entries in a sandboxed describer; an entry imported there must
+    not decide what the others' schemas are: good_bigram keeps the organiser's override."""
+    from harness.checking import describe_entries
+    from harness.cli import _confinement, _typed_overrides
+    from harness.entries import EntrySource
+
+    problem = bwrap_problem()
+    if problem:
+        pytest.fail(f"the sandbox is needed for this test: {problem}")
+    (tmp_path / "good_bigram.py").write_text((ENTRIES / "good_bigram.py").read_text())
+    (tmp_path / "tamper_describe.py").write_text(materialise(HOSTILE / "tamper_describe.py"))
+    entries = [EntrySource.read(tmp_path / name, "submission") for name in ("good_bigram.py", "tamper_describe.py")]
+    confinement = _confinement("bwrap")
+    described = describe_entries(entries, confinement)
+    assert described["good_bigram"]["ok"], described["good_bigram"]
+    assert _typed_overrides(entries, ["max_steps=3"], confinement)["good_bigram"] == {"max_steps": 3}
