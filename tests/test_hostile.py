@@ -100,6 +100,8 @@ EXPECTED = {
 GOOD = ("unigram", "good_bigram")  # a baseline (it owns its name) and a good submission
 UNIFORM = ("gc_snoop", "plant_files", "read_secrets", "marker_import", "kill_parent", "tamper_describe")
 """Entries that end `ok` as the uniform model: they score exactly the vocabulary size."""
+GOOD_BIGRAM = HOSTILE / "_good_bigram.py"
+"""tests/entries/good_bigram.py with a compact checkpoint (its dense table is over the file size limit)."""
 PLANTED = "ptb_hostile_planted"
 MARKER = "ptb-hostile-marker"
 SHADOW_LINE = re.compile(r"root:[^:\s]*:\d*:\d*:")
@@ -163,7 +165,7 @@ def test_hostile_corpus_in_one_run_all(tmp_path: Path, env: dict[str, str]) -> N
     for path in HOSTILE.glob("[a-z]*.py"):
         (project / "submissions" / path.name).write_text(materialise(path))
     shutil.copy(REPO / "baselines" / "unigram.py", project / "baselines" / "unigram.py")
-    shutil.copy(ENTRIES / "good_bigram.py", project / "submissions" / "good_bigram.py")
+    shutil.copy(GOOD_BIGRAM, project / "submissions" / "good_bigram.py")
     assert len(list((project / "submissions").glob("*.py"))) == len(EXPECTED) + len(GOOD) - 1
 
     alone = run_cli("run", *GOOD, "--db", str(tmp_path / "alone.sqlite"), "--sandbox", "bwrap", cwd=project, env=env)
@@ -271,12 +273,7 @@ def test_a_submission_named_like_a_baseline_fails_alone(tmp_path: Path, env: dic
     impostor = materialise(HOSTILE / "reserved_name.py").replace('name = "unigram"', 'name = "kn5"')
     assert 'name = "kn5"' in impostor
     (project / "submissions" / "impostor.py").write_text(impostor)
-    shutil.copy(ENTRIES / "good_bigram.py", project / "submissions" / "good_bigram.py")
-
-    listed = run_cli("list", "--json", cwd=project, env=env)
-    assert listed.code == 0, listed.stderr
-    names = [json.loads(line)["name"] for line in listed.stdout.splitlines()]
-    assert "kn5" in names and "good_bigram" in names and "submissions/impostor" in names
+    shutil.copy(GOOD_BIGRAM, project / "submissions" / "good_bigram.py")
 
     ran = run_cli("run", "submissions/impostor", "good_bigram", "--budget", "4", "--evals", "1", "--sandbox", "bwrap",
                   "--no-site", cwd=project, env=env, timeout=600)
@@ -287,6 +284,13 @@ def test_a_submission_named_like_a_baseline_fails_alone(tmp_path: Path, env: dic
     assert runs["submissions/impostor"].failure == "contract_violation"
     assert "the name 'kn5' is taken by baseline kn5.py" in runs["submissions/impostor"].reason
     assert runs["good_bigram"].status == "ok"
+
+    listed = run_cli("list", "--json", cwd=project, env=env)
+    assert listed.code == 0, listed.stderr
+    shown = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [e["kind"] for e in shown if e["path"].endswith("kn5.py")] == ["baseline"]
+    (listed_impostor,) = [e for e in shown if e["path"].endswith("impostor.py")]
+    assert "taken by baseline kn5.py" in (listed_impostor.get("problem") or ""), listed_impostor  # list says why it will fail
 
 
 def test_one_entry_cannot_describe_another(tmp_path: Path) -> None:
