@@ -1,7 +1,8 @@
 """A good submission for the corpus (files starting with _ are not hostile entries): the add-one
 bigram of tests/entries/good_bigram.py, deterministic and fast, with a compact checkpoint (the
 bigrams seen and their counts) instead of the dense 10,000 x 10,000 table, whose 400 MB passes
-the 256 MiB limit on one file a run may write."""
+the 256 MiB limit on one file a run may write; the normalised table is built once per loaded
+checkpoint rather than at every call (the scorer only scores loaded checkpoints)."""
 
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ class CompactBigram(Entry):
     def load_state_dict(self, state):
         self.counts = torch.ones(self.vocab_size, self.vocab_size)
         self.counts[state["pairs"][:, 0], state["pairs"][:, 1]] = state["counts"]
+        self.table = (self.counts / self.counts.sum(1, keepdim=True)).log()  # (V, V), once per checkpoint
 
     def log_probs(self, inputs, state):
-        table = (self.counts / self.counts.sum(1, keepdim=True)).log()  # (V, V)
-        return table[inputs], state  # (B, T, V)
+        return self.table[inputs], state  # (B, T, V)
