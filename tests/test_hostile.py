@@ -98,6 +98,11 @@ EXPECTED = {
     "submissions/reserved_authors": ("failed", "contract_violation", "reserved for the harness's baselines"),
 }
 GOOD = ("unigram", "good_bigram")  # a baseline (it owns its name) and a good submission
+SAME_SCORE_ALONE = ("good_bigram",)
+"""Good entries whose score does not depend on timing (one full epoch well inside the budget):
+they must score exactly what they score alone under the same options. unigram's 4 s budget
+ends mid-epoch, at a point that depends on the machine's load, so it is only required to be ok."""
+RUN_OPTIONS = ("--budget", "4", "--memory", "2GiB", "--evals", "1", "--sandbox", "bwrap")
 UNIFORM = ("gc_snoop", "plant_files", "read_secrets", "marker_import", "kill_parent", "tamper_describe")
 """Entries that end `ok` as the uniform model: they score exactly the vocabulary size."""
 GOOD_BIGRAM = HOSTILE / "_good_bigram.py"
@@ -154,6 +159,7 @@ def expected_kinds(kind: str | tuple[str, ...] | None) -> tuple[str | None, ...]
     return kind if isinstance(kind, tuple) else (kind,)
 
 
+@pytest.mark.timeout(3600)  # some 60 runs, two sandboxed processes each, on a shared machine
 def test_hostile_corpus_in_one_run_all(tmp_path: Path, env: dict[str, str]) -> None:
     problem = bwrap_problem()
     if problem:
@@ -168,7 +174,8 @@ def test_hostile_corpus_in_one_run_all(tmp_path: Path, env: dict[str, str]) -> N
     shutil.copy(GOOD_BIGRAM, project / "submissions" / "good_bigram.py")
     assert len(list((project / "submissions").glob("*.py"))) == len(EXPECTED) + len(GOOD) - 1
 
-    alone = run_cli("run", *GOOD, "--db", str(tmp_path / "alone.sqlite"), "--sandbox", "bwrap", cwd=project, env=env)
+    alone = run_cli("run", *SAME_SCORE_ALONE, "--db", str(tmp_path / "alone.sqlite"), *RUN_OPTIONS, "--no-site",
+                    cwd=project, env=env)
     assert alone.code == 0, alone.stderr
     alone_scores = {r.entry: (r.valid_ppl, r.test_ppl) for r in Store(tmp_path / "alone.sqlite").runs()}
 
@@ -190,8 +197,7 @@ def test_hostile_corpus_in_one_run_all(tmp_path: Path, env: dict[str, str]) -> N
     thread.start()
     before = snapshot(project)
     try:
-        result = run_cli("run", "--all", "--budget", "4", "--memory", "2GiB", "--evals", "1", "--sandbox", "bwrap",
-                         cwd=project, env=env, timeout=2400)
+        result = run_cli("run", "--all", *RUN_OPTIONS, cwd=project, env=env, timeout=3000)
     finally:
         stop.set()
         thread.join()
@@ -208,7 +214,8 @@ def test_hostile_corpus_in_one_run_all(tmp_path: Path, env: dict[str, str]) -> N
             wrong.append(f"{entry}: got {run.status} [{run.failure}] {run.reason!r}")
     assert not wrong, "\n".join(wrong)
     for entry in GOOD:
-        assert runs[entry].status == "ok"
+        assert runs[entry].status == "ok", (entry, runs[entry].reason)
+    for entry in SAME_SCORE_ALONE:
         assert (runs[entry].valid_ppl, runs[entry].test_ppl) == alone_scores[entry]
     assert all(r.isolation["sandbox"] == "bwrap" for r in runs.values() if not r.entry.startswith("submissions/"))
     assert received == []  # no connection left the sandbox
