@@ -61,7 +61,8 @@ EXPECTED = {
     "network_socket": ("failed", "runtime_error", "setup raised"),
     "write_database": ("failed", "runtime_error", "setup raised"),
     "delete_repo_files": ("failed", "runtime_error", "setup raised"),
-    "kill_parent": ("ok", None, ""),  # its SIGKILL reaches only the sandbox's own init: harmless
+    # Its SIGKILL reaches only its own sandbox's init, which takes the trainer with it: its own run ends.
+    "kill_parent": ("failed", "runtime_error", "before it reported a result"),
     "html_name": ("ok", None, ""),
     # The channel: forged, out-of-order or malformed messages end the run; nothing is believed.
     "forged_phase": ("failed", "sandbox_violation", "unknown message type 'phase'"),
@@ -103,7 +104,7 @@ SAME_SCORE_ALONE = ("good_bigram",)
 they must score exactly what they score alone under the same options. unigram's 4 s budget
 ends mid-epoch, at a point that depends on the machine's load, so it is only required to be ok."""
 RUN_OPTIONS = ("--budget", "4", "--memory", "2GiB", "--evals", "1", "--sandbox", "bwrap")
-UNIFORM = ("gc_snoop", "plant_files", "read_secrets", "marker_import", "kill_parent", "tamper_describe")
+UNIFORM = ("gc_snoop", "plant_files", "read_secrets", "marker_import", "tamper_describe")
 """Entries that end `ok` as the uniform model: they score exactly the vocabulary size."""
 GOOD_BIGRAM = HOSTILE / "_good_bigram.py"
 """tests/entries/good_bigram.py with a compact checkpoint (its dense table is over the file size limit)."""
