@@ -47,7 +47,7 @@ EXPECTED = {
     "infinities": ("invalid", "invalid_output", "non-finite value (-inf)"),
     "bidirectional": ("invalid", "causality_violation", "causality check failed"),
     "peek_via_state": ("invalid", "causality_violation", "causality check failed"),
-    "weights_change": ("invalid", "weights_modified", "weights changed while it was being scored"),
+    "weights_change": ("ok", None, ""),  # it bumps a tensor its log_probs never reads: rows unchanged, nothing gained
     "sleep_forever": ("timeout", "timeout", "past the 4 s budget"),
     "ignores_budget": ("timeout", "timeout", "past the 4 s budget"),
     "patch_clock": ("ok", None, ""),  # its frozen clock is not the harness's: no batch after the budget
@@ -104,7 +104,7 @@ SAME_SCORE_ALONE = ("good_bigram",)
 they must score exactly what they score alone under the same options. unigram's 4 s budget
 ends mid-epoch, at a point that depends on the machine's load, so it is only required to be ok."""
 RUN_OPTIONS = ("--budget", "4", "--memory", "2GiB", "--evals", "1", "--sandbox", "bwrap")
-UNIFORM = ("gc_snoop", "plant_files", "read_secrets", "marker_import", "tamper_describe", "patch_clock")
+UNIFORM = ("gc_snoop", "plant_files", "read_secrets", "marker_import", "tamper_describe", "patch_clock", "weights_change")
 """Entries that end `ok` as the uniform model: they score exactly the vocabulary size."""
 GOOD_BIGRAM = HOSTILE / "_good_bigram.py"
 """tests/entries/good_bigram.py with a compact checkpoint (its dense table is over the file size limit)."""
