@@ -432,10 +432,12 @@ def list_entries(submissions: str, baselines: str, as_json: bool) -> None:
     with _errors_to_exit():
         for entry in discover(_entry_dirs(submissions, baselines)).values():
             meta = static_metadata(entry)
-            if as_json:
-                click.echo(json.dumps({"name": entry.name, "kind": entry.kind, "path": str(entry.path), **meta}))
+            if as_json:  # `name` is the key runs are recorded under; `display_name` what the source says
+                click.echo(json.dumps({**meta, "name": entry.name, "display_name": meta["name"], "kind": entry.kind,
+                                       "path": str(entry.path), "problem": entry.problem}))
             else:
-                click.echo(f"{entry.name:<20} {entry.kind:<10} {meta['description'][:70]}")
+                note = f"  [will fail: {entry.problem}]" if entry.problem else ""
+                click.echo(f"{entry.name:<20} {entry.kind:<10} {meta['description'][:70]}{note}")
 
 
 @main.command()

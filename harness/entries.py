@@ -103,6 +103,8 @@ def select(names: list[str], available: dict[str, EntrySource]) -> list[EntrySou
             chosen.append(EntrySource.read(path, "submission"))
         elif name in available:
             chosen.append(available[name])
+        elif any(key.endswith(f"/{name}") for key in available):  # a submission kept apart by its name
+            chosen.extend(entry for key, entry in available.items() if key.endswith(f"/{name}"))
         else:
             known = ", ".join(sorted(available)) or "none"
             raise EntryError(

@@ -675,6 +675,7 @@ class _Run:
         deadline = time.monotonic() + 1.0
         while child.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
+        closed_while_running = child.alive()  # it hung up on the supervisor but did not end
         child.kill()
         child.pump()
         if child.queue:  # a last failure report may still be queued
@@ -686,6 +687,13 @@ class _Run:
                 pass
         self._check_memory_ended(child)
         code = child.exit_code
+        if closed_while_running:
+            raise RunEnd(RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
+                         f"the {child.name} closed its channel to the harness while still running")
+        if code == 0:
+            raise RunEnd(RunStatus.FAILED, FailureKind.CONTRACT_VIOLATION,
+                         f"the {child.name} ended its own process (exit code 0) before it reported a result: "
+                         "an entry must not exit")
         if code is not None and code < 0:
             hint = " (SIGKILL: possibly the kernel's out-of-memory killer)" if code == -9 else ""
             reason = f"the {child.name} was killed by signal {-code}{hint} before it reported a result"

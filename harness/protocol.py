@@ -100,6 +100,9 @@ OPTIONAL_FIELDS = {"described": {"schema", "kind", "reason"}, "environment": set
                    "failure": {"traceback"}, "next": {"seq_len", "loss"}}
 
 
+OPTIONAL_DEFAULTS: dict[str, Any] = {"validate_every_epoch": False}
+
+
 def validate(message: Any, expected: frozenset[str]) -> dict[str, Any]:
     """The message, if it is one of the `expected` types and matches its schema exactly."""
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
@@ -121,6 +124,8 @@ def validate(message: Any, expected: frozenset[str]) -> dict[str, Any]:
             raise ProtocolViolation(f"a {kind!r} message without its {field!r} field")
         if not check(message[field]):
             raise ProtocolViolation(f"a {kind!r} message whose {field!r} is {_show(message[field])}")
+    # Every optional field is present afterwards (None where it was left out), so no reader can trip on one.
+    message = {**{field: OPTIONAL_DEFAULTS.get(field) for field in optional}, **message}
     if kind == "next" and isinstance(message.get("loss"), float) and not math.isfinite(message["loss"]):
         message = {**message, "loss": None}  # the trainer reports non-finite losses as failures itself
     return message

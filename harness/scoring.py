@@ -164,8 +164,11 @@ class ScorePass:
             self._plan_masked()
         else:
             self._plan_causal()
-        # Windows that an audit or replay copies: their scored rows are fingerprinted too.
+        # Windows that an audit or replay copies: their scored rows are fingerprinted too, at the random
+        # columns and, per position, at every word that follows it in the window or in any of its audits
+        # (the column a peeking model would move).
         self._referenced = {r.ref for r in self.requests if r.role != "score"}
+        self._position_columns = self._columns_per_position()
 
     # --- Planning ------------------------------------------------------------------------------
 
@@ -272,14 +275,28 @@ class ScorePass:
             else:
                 self._score_causal(request, rows, lse)
         if self._needs_print(request):
-            self._prints.setdefault((request.role, request.ref), []).append((request, self._print(rows, lse)))
+            self._prints.setdefault((request.role, request.ref), []).append((request, self._print(request, rows, lse)))
 
     def _needs_print(self, request: Request) -> bool:
         return request.role != "score" or request.ref in self._referenced
 
-    def _print(self, rows: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-        """(B, L, K) renormalised log-probs at the fingerprint columns."""
-        return rows.index_select(-1, self._columns) - lse.unsqueeze(-1)
+    def _columns_per_position(self) -> dict[tuple[int, int], torch.Tensor]:
+        """ref -> (B, L, m) word ids: for position t, the input at t + 1 of the window and of each of its
+        audits (the next word, which a model that peeks would favour)."""
+        found: dict[tuple[int, int], list[np.ndarray]] = {}
+        for request in self.requests:
+            if request.ref in self._referenced and (request.role == "score" or request.role == "audit"):
+                following = np.concatenate([request.inputs[:, 1:], request.inputs[:, -1:]], axis=1)  # (B, L)
+                found.setdefault(request.ref, []).append(following.astype(np.int64))
+        return {ref: torch.from_numpy(np.stack(arrays, axis=-1)) for ref, arrays in found.items()}
+
+    def _print(self, request: Request, rows: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+        """(B, L, K + m) renormalised log-probs at the random columns and the per-position columns."""
+        parts = [rows.index_select(-1, self._columns)]
+        columns = self._position_columns.get(request.ref)
+        if columns is not None and columns.shape[:2] == rows.shape[:2]:
+            parts.append(rows.gather(-1, columns))
+        return torch.cat(parts, dim=-1) - lse.unsqueeze(-1)
 
     def _score_causal(self, request: Request, rows: torch.Tensor, lse: torch.Tensor) -> None:
         group = self.groups[request.ref[0]]
