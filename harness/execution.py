@@ -43,6 +43,8 @@ from harness.scoring import EvalProtocol, MaskedScore, Request, ScoreFailure, Sc
 POLL_SECONDS = 0.1
 LIMITS_EVERY_SECONDS = 0.2
 STARTUP_CAP_SECONDS = 120.0
+SCORER_SETUP_CAP_SECONDS = 60.0  # a scorer's import and setup are not timed: they may not take long either
+LOAD_CAP_SECONDS = 60.0          # nor may loading a checkpoint
 MAX_LOG_BYTES = 16 * 2**20       # a run printing more than this is stopped
 MAX_CHILD_PROCESSES = 64         # a run starting more processes than this is stopped
 SANDBOX_PLUMBING = 4             # bwrap, setpriv and bwrap again sit above the child's interpreter
@@ -128,6 +130,8 @@ class RunResult:
     audits: dict[str, int] = field(default_factory=dict)
     context: int = 0
     window: int = 0
+    scorer_setup_seconds: float | None = None
+    """Wall seconds the two scorers took to import and set up the entry (untimed, capped, recorded)."""
     pass_seconds: list[dict[str, float]] = field(default_factory=list)
     """Per validation pass: wall seconds of the whole pass (checkpoint, freeze, load, score, thaw) and of the scoring."""
 
@@ -349,19 +353,23 @@ class _Run:
                     "shm_bytes": SLOTS * self.slot_bytes, "slot_bytes": self.slot_bytes}
             self.scorers.append(self._spawn(f"scorer {lane + 1}", "scorer", work, (self.entry_path, trainer_work),
                                             (shm,), spec))
-        deadline = time.monotonic() + STARTUP_CAP_SECONDS
+        began = time.monotonic()
+        deadline = began + SCORER_SETUP_CAP_SECONDS
         layouts = set()
         for scorer in self.scorers:
             hparams = self._wait(scorer, deadline, {"hparams"}, f"the {scorer.name} did not start")
             scorer.channel.send(self._context(hparams))
         for scorer in self.scorers:
-            ready = self._wait(scorer, deadline, {"ready"}, f"the {scorer.name} did not finish setup")
+            ready = self._wait(scorer, deadline, {"ready"},
+                               f"the {scorer.name} did not finish its import and setup within "
+                               f"{SCORER_SETUP_CAP_SECONDS:.0f} s (untimed work is capped)")
             layouts.add((ready["eval_context"], ready["eval_window"]))
         if len(layouts) != 1:
             raise RunEnd(RunStatus.FAILED, FailureKind.CONTRACT_VIOLATION,
                          f"two scorer processes built from the same checkpoint disagree on (eval_context, "
                          f"eval_window): {sorted(layouts)}; set them deterministically in setup")
         (self.context, window), = layouts
+        self.result.scorer_setup_seconds = time.monotonic() - began
         self.window = min(window, self.spec.protocol.window)
         self.result.context, self.result.window = self.context, self.window
 
@@ -504,6 +512,7 @@ class _Run:
         try:
             if not self.scorers:  # started at the first pass, with the trainer frozen: untimed, uncontended
                 self._start_scorers()
+            self._set_scorers_frozen(False)
             self.phase = "validation"
             deadline = time.monotonic() + self.spec.limits.eval_cap_seconds + self.spec.limits.grace
             began = time.monotonic()
@@ -512,6 +521,9 @@ class _Run:
             self.result.pass_seconds.append({"scoring": time.monotonic() - began - self.last_load_seconds,
                                              "load": self.last_load_seconds})
         finally:
+            # The scorers run nothing while the trainer does: no work in the background, and no signal
+            # from what they saw of valid can reach the trainer through the machine's load.
+            self._set_scorers_frozen(True)
             if frozen:
                 cgroup.thaw()
                 self.clock.resume()
@@ -523,6 +535,14 @@ class _Run:
         return {"type": "validation", "perplexity": score.perplexity, "pass_index": index, "passes": passes,
                 "step": self.feed.steps, "tokens": self.feed.tokens, "train_seconds": self.clock.elapsed,
                 "last": index == passes - 1}
+
+    def _set_scorers_frozen(self, frozen: bool) -> None:
+        for scorer in self.scorers:
+            if scorer.cgroup is not None and scorer.cgroup.can_freeze and scorer.exit_code is None:
+                if frozen:
+                    scorer.cgroup.freeze()
+                else:
+                    scorer.cgroup.thaw()
 
     def _progress(self) -> None:
         now = time.monotonic()
@@ -537,6 +557,7 @@ class _Run:
     def _final_scoring(self) -> None:
         if not self.scorers:
             self._start_scorers()
+        self._set_scorers_frozen(False)
         self.phase = "scoring"
         self.on_event({"type": "phase", "phase": "scoring"})
         deadline = time.monotonic() + self.spec.limits.scoring_cap_seconds + self.spec.limits.grace
@@ -573,9 +594,11 @@ class _Run:
         for lane, scorer in enumerate(self.scorers):
             if self.loaded.get(lane) != seq:
                 scorer.channel.send({"type": "load", "seq": seq, "file": f"checkpoint-{seq}.safetensors"})
+        load_deadline = min(deadline, began + LOAD_CAP_SECONDS)
         for lane, scorer in enumerate(self.scorers):
             if self.loaded.get(lane) != seq:
-                self._wait_seq(scorer, deadline, "loaded", seq, why)
+                self._wait_seq(scorer, load_deadline, "loaded", seq,
+                               f"loading a checkpoint took over {LOAD_CAP_SECONDS:.0f} s (untimed work is capped)")
                 self.loaded[lane] = seq
         self.last_load_seconds = time.monotonic() - began
         plan = ScorePass(split, ids, self.data.eos_id, len(self.data.vocab), protocol or self.spec.protocol,
@@ -792,7 +815,8 @@ class _Run:
                                  else "none: validation passes counted as training time",
                                  "note": "; ".join(n for n in [self.confinement.note, *(c.note for c in self.children)] if n),
                                  "cpu_seconds": self.result.cpu_seconds, "max_threads": self.result.max_threads,
-                                 "scorer_peak_memory_bytes": self.result.scorer_peak_memory_bytes}
+                                 "scorer_peak_memory_bytes": self.result.scorer_peak_memory_bytes,
+                                 "scorer_setup_seconds": self.result.scorer_setup_seconds}
         for shared, fd in zip(getattr(self, "shms", []), getattr(self, "shm_fds", [])):
             shared.close()
             os.close(fd)
