@@ -284,10 +284,12 @@ class ScorePass:
         """ref -> (B, L, m) word ids: for position t, the input at t + 1 of the window and of each of its
         audits (the next word, which a model that peeks would favour)."""
         found: dict[tuple[int, int], list[np.ndarray]] = {}
+        if self.track == "mlm":  # masked windows: no next word to peek at (replays compare random columns)
+            return {}
         for request in self.requests:
             if request.ref in self._referenced and (request.role == "score" or request.role == "audit"):
                 following = np.concatenate([request.inputs[:, 1:], request.inputs[:, -1:]], axis=1)  # (B, L)
-                found.setdefault(request.ref, []).append(following.astype(np.int64))
+                found.setdefault(request.ref, []).append(np.clip(following, 0, self.vocab_size - 1).astype(np.int64))
         return {ref: torch.from_numpy(np.stack(arrays, axis=-1)) for ref, arrays in found.items()}
 
     def _print(self, request: Request, rows: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
