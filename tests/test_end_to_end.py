@@ -50,17 +50,18 @@ def test_unigram_reproduces_the_published_perplexities(project: Path, env: dict[
     assert run["peak_memory_bytes"] > 0 and run["ended_at"]
 
 
-def test_small_neural_entry_trains_and_scores_in_30_seconds(project: Path, env: dict[str, str]) -> None:
-    result = run_cli("run", str(ENTRIES / "tiny_lstm.py"), "--budget", "30", "--evals", "2", cwd=project, env=env)
+def test_small_neural_entry_trains_and_scores(project: Path, env: dict[str, str]) -> None:
+    """Quality from a step limit (not from the machine's speed); the budget only has to be ample."""
+    result = run_cli("run", str(ENTRIES / "tiny_lstm.py"), "--budget", "600", "--evals", "2",
+                     "--hparam", "max_steps=400", cwd=project, env=env)
     assert result.code == 0, result.stderr
     run = runs(project)["tiny_lstm"]
-    assert run["status"] == "ok" and run["stop_reason"] == "budget"
-    assert 30 <= run["train_seconds"] < 32
-    assert run["test_ppl"] < 639.3  # learnt more than word frequencies in 30 s
+    assert run["status"] == "ok" and run["stop_reason"] == "max_steps" and run["steps"] == 400
+    assert run["tokens_trained"] == 400 * 32 * 32  # counted by the supervisor from what it handed out
+    assert run["test_ppl"] < 639.3  # learnt more than word frequencies in 400 steps
     assert run["test_tokens"] == 82_430
     store = Store(project / "harness.sqlite")
-    curve = store.get_run(run["id"]).curve
-    assert len(curve) == 2 and curve[0].valid_ppl > curve[1].valid_ppl
+    assert store.get_run(run["id"]).train_seconds < 600
 
 
 def test_step_that_never_returns_is_killed_and_recorded_timeout(project: Path, env: dict[str, str]) -> None:
