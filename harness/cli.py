@@ -195,10 +195,11 @@ def _in_competition_tracks(entries: list[EntrySource], tracks: tuple[str, ...]) 
     return kept
 
 
-def open_store(db: str) -> Store:
-    """The results database; a missing optional driver is named with the extra that installs it."""
+def open_store(db: str, read_only: bool = False) -> Store:
+    """The results database; a missing optional driver is named with the extra that installs it.
+    `read_only` sessions take no write lock, so a reader never makes a run's writes wait."""
     try:
-        return Store(db)
+        return Store(db, read_only=read_only)
     except StoreError as exc:
         missing = exc.__cause__ if isinstance(exc.__cause__, ImportError) else None
         if missing is not None and "psycopg" in str(missing):
@@ -404,7 +405,7 @@ def results(db: str, fmt: str, output: str | None, entry: str | None, status: st
     from harness.results import failures, leaderboard, runs_frame
 
     with _errors_to_exit():
-        store = open_store(_existing_db(db))
+        store = open_store(_existing_db(db), read_only=True)
         competition = load_competition(config_path)
         chosen_phase = phase or competition.phase
         if list_runs or status:
@@ -429,7 +430,7 @@ def results(db: str, fmt: str, output: str | None, entry: str | None, status: st
 def site(db: str, out_dir: str, phase: str | None, config_path: str | None, templates: str | None) -> None:
     """Build the static leaderboard site from the results database."""
     with _errors_to_exit():
-        written = _build_site(open_store(_existing_db(db)), Path(out_dir), phase, config_path, templates)
+        written = _build_site(open_store(_existing_db(db), read_only=True), Path(out_dir), phase, config_path, templates)
         click.echo(f"wrote {len(written)} files to {out_dir}/ (open {Path(out_dir) / 'index.html'})")
 
 
@@ -480,9 +481,9 @@ def show(run_id: int, db: str, with_source: bool) -> None:
     from harness import report
 
     with _errors_to_exit():
-        run = open_store(_existing_db(db)).get_run(run_id)
+        run = open_store(_existing_db(db), read_only=True).get_run(run_id)
         if run is None:
-            raise EntryError(f"no run {run_id} in {db}; `harness results --runs` lists them")
+            raise EntryError(f"no run {run_id} in {redact_url(db)}; `harness results --runs` lists them")
         click.echo(report.describe_run(run, with_source))
 
 

@@ -104,3 +104,26 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: f
     done = subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
     return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server for the whole test session (tests/pg_server.py), always torn down.
+    If it cannot start, the tests that need it fail with the reason: CI must provide PostgreSQL."""
+    from tests.pg_server import PgServer, PgServerError
+
+    server = PgServer()
+    try:
+        server.start()
+    except PgServerError as exc:
+        pytest.fail(f"cannot start a PostgreSQL server for the tests: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server) -> str:
+    """URL (postgresql+psycopg://, with a password) of a database on the session's server."""
+    return pg_server.new_database("session")
