@@ -24,6 +24,7 @@ import harness
 from harness.budget import RunLimits, format_bytes, parse_memory
 from harness.config import load_competition
 from harness.data import DataSource, load_corpus
+from harness.executors import make_executor
 from harness.entries import EntrySource, discover, parse_overrides, select, static_metadata
 from harness.errors import ConfigError, EntryError, FailureKind, HarnessError, RunStatus, StoreError, redact_url
 from harness.store import Store
@@ -116,11 +117,17 @@ def main() -> None:
               help="Isolate each run with bubblewrap (auto: when it works here).")
 @click.option("--site/--no-site", "with_site", default=True, show_default=True,
               help="After --all, rebuild the static site into ./site.")
+@click.option("--executor", "executor_name", type=click.Choice(["local", "ray"]),
+              help="Where runs execute: local (one after another here) or ray (one Ray task each, "
+                   "concurrently) [default: the config's [cluster] executor, else local].")
+@click.option("--ray-address", metavar="ADDR",
+              help="Ray cluster for --executor ray, e.g. 10.0.0.1:6379 [default: the config's, else "
+                   "RAY_ADDRESS, else auto].")
 def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str | None, device: str,
         division_name: str | None, seed: int, seeds: int | None, hparams: tuple[str, ...], threads: int | None,
         evals: int | None, force: bool, retry_failed: bool, config_path: str | None, data_dir: str | None,
         db: str, runs_dir: str, submissions: str, baselines: str, as_json: bool, sandbox: str,
-        with_site: bool) -> None:
+        with_site: bool, executor_name: str | None, ray_address: str | None) -> None:
     """Train and score entries (NAMES, or paths to .py files), each in its own process.
 
     A result is reused when a finished run has the same key (entry source, hyper-parameters, seed,
@@ -163,17 +170,17 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
             click.echo(f"marked {abandoned} run(s) left unfinished by a stopped harness as interrupted", err=True)
         corpus = load_corpus(source)
         view = ProgressView(as_json)
-        outcomes: list[RunOutcome] = []
-        with Supervisor(store, corpus, Path(runs_dir), on_event=view.on_event, confinement=confinement) as supervisor:
-            for entry in entries:
-                for run_seed in seed_list:
-                    request = RunRequest(entry=entry, hparams=overrides.get(entry.name, {}), seed=run_seed,
-                                         device=chosen_device, threads=threads or os.cpu_count() or 1,
-                                         limits=limits, division=division.name, config=config,
-                                         problem=entry.problem)
-                    outcome = supervisor.run_or_reuse(request, reuse)
-                    if outcome is not None:
-                        outcomes.append(outcome)
+        executor = make_executor(executor_name or competition.executor, confinement, Path(runs_dir),
+                                 ray_address or competition.ray_address, sandbox)
+        requests = [RunRequest(entry=entry, hparams=overrides.get(entry.name, {}), seed=run_seed,
+                               device=chosen_device, threads=threads or os.cpu_count() or 1, limits=limits,
+                               division=division.name, config=config, problem=entry.problem)
+                    for entry in entries for run_seed in seed_list]
+        with Supervisor(store, corpus, Path(runs_dir), on_event=view.on_event, confinement=confinement,
+                        executor=executor) as supervisor:
+            if executor.name != "local":
+                click.echo(f"runs placed on {executor.describe()}", err=True)
+            outcomes = supervisor.run_all(requests, reuse)
         view.summary(outcomes, db)
         if run_all and with_site:
             written = _build_site(store, Path("site"), None, config_path, None)
@@ -260,19 +267,25 @@ class ProgressView:
         self.budget = 0.0
         self.last_draw = 0.0
         self.valid_ppl: float | None = None
+        self.placed = False
+        self.nodes: dict[int, str] = {}
 
     def on_event(self, event: dict[str, Any]) -> None:
         kind = event["type"]
         if kind == "run_started":
             self.budget, self.valid_ppl = float(event["budget"]), None
-            click.echo(f"run {event['run_id']}: {event['entry']} (budget {self.budget:.0f} s)", err=True)
+            self.placed = event.get("executor", "local") != "local"
+            retry = " (retry)" if event.get("attempt", 1) > 1 else ""
+            click.echo(f"run {event['run_id']}: {event['entry']} (budget {self.budget:.0f} s){retry}", err=True)
+        elif self.placed and kind in ("placed", "phase", "curve", "progress"):
+            self._placed_line(event)
         elif kind == "curve":
             self.valid_ppl = event.get("valid_ppl")
             self._draw(event, force=True)
         elif kind == "progress":
             self._draw(event, force=False)
         elif kind in ("run_finished", "run_reused"):
-            if self.tty and kind == "run_finished":
+            if self.tty and kind == "run_finished" and not self.placed:
                 click.echo("", err=True)
             prefix = "reused " if kind == "run_reused" else ""
             click.echo(prefix + _outcome_line(event), err=True)
@@ -281,6 +294,26 @@ class ProgressView:
         elif kind == "run_busy":
             click.echo(f"{event['entry']} (seed {event['seed']}): run {event['run_id']} is in progress in "
                        f"another harness process (pid {event['pid']}); left to it", err=True)
+
+    def _placed_line(self, event: dict[str, Any]) -> None:
+        """Runs out at once on a cluster: one plain line per event, naming its run, node and phase
+        (a redrawn bar would mix the runs)."""
+        run = f"run {event['run_id']} ({event['entry']})"
+        kind = event["type"]
+        if kind == "placed":
+            self.nodes[event["run_id"]] = event["node"]
+            click.echo(f"{run}: placed on {event['node']}", err=True)
+            return
+        where = self.nodes.get(event["run_id"], "?")
+        if kind == "phase":
+            click.echo(f"{run} on {where}: {event['phase']}", err=True)
+        elif kind == "curve":
+            click.echo(f"{run} on {where}: valid ppl {event['valid_ppl']:.1f} at {event['train_seconds']:.0f} s",
+                       err=True)
+        elif self.tty or time.monotonic() - self.last_draw > 10:  # progress: sparse unless on a terminal
+            self.last_draw = time.monotonic()
+            click.echo(f"{run} on {where}: {event.get('phase', 'training')}, step {event.get('step')}, "
+                       f"{float(event.get('train_seconds') or 0):.0f} s", err=True)
 
     def _draw(self, event: dict[str, Any], force: bool) -> None:
         now = time.monotonic()

@@ -14,6 +14,10 @@ value of the wrong type is an error that names the key.
     device = "cpu"
     budget = 600          # training seconds
     memory = "8GiB"
+
+    [cluster]             # where runs execute (see harness/executors.py)
+    executor = "local"    # local: one after another here; ray: one Ray task per run
+    ray_address = "auto"  # the Ray cluster for executor = "ray" (default: RAY_ADDRESS, else auto)
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 PHASES = ("open", "final")
+EXECUTORS = ("local", "ray")
 TRACKS = ("causal", "mlm")
 DEFAULT_CONFIG_FILE = "competition.toml"
 
@@ -59,6 +64,8 @@ class Competition:
         "cpu": Division("cpu", "cpu", 600.0, "8GiB"),
         "cuda": Division("cuda", "cuda", 300.0, "40GiB"),
     })
+    executor: str = "local"
+    ray_address: str | None = None
     source: str = "built-in defaults"
 
     def division_for(self, device: str, name: str | None = None) -> Division:
@@ -73,13 +80,14 @@ class Competition:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "phase": self.phase, "seeds": self.seeds, "evals": self.evals,
-                "tracks": list(self.tracks), "source": self.source,
+                "tracks": list(self.tracks), "source": self.source, "executor": self.executor,
                 "divisions": {k: vars(v) for k, v in self.divisions.items()}}
 
 
 _COMPETITION_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str, "phase": str, "seeds": int, "evals": int, "tracks": list,
 }
+_CLUSTER_KEYS: dict[str, type | tuple[type, ...]] = {"executor": str, "ray_address": str}
 _DIVISION_KEYS: dict[str, type | tuple[type, ...]] = {
     "device": str, "budget": (int, float), "memory": str,
 }
@@ -103,13 +111,16 @@ def load_competition(path: str | Path | None) -> Competition:
 
 
 def parse_competition(raw: dict[str, Any], source: str) -> Competition:
-    unknown = set(raw) - {"competition", "divisions"}
+    unknown = set(raw) - {"competition", "divisions", "cluster"}
     if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {', '.join(sorted(unknown))}; expected [competition], [divisions.NAME]")
+        raise ConfigError(f"{source}: unknown section(s) {', '.join(sorted(unknown))}; expected [competition], "
+                          "[divisions.NAME], [cluster]")
     settings = _checked(raw.get("competition", {}), _COMPETITION_KEYS, f"{source} [competition]")
     competition = replace(Competition(), source=source, **{
         key: tuple(value) if key == "tracks" else value for key, value in settings.items()
     })
+    if "cluster" in raw:
+        competition = replace(competition, **_checked(raw["cluster"], _CLUSTER_KEYS, f"{source} [cluster]"))
     if "divisions" in raw:
         divisions = {}
         for name, table in raw["divisions"].items():
@@ -142,6 +153,9 @@ def _checked(table: Any, schema: dict[str, type | tuple[type, ...]], where: str)
 def _validate(competition: Competition, source: str) -> None:
     if competition.phase not in PHASES:
         raise ConfigError(f"{source}: phase must be one of {', '.join(PHASES)}, got {competition.phase!r}")
+    if competition.executor not in EXECUTORS:
+        raise ConfigError(f"{source} [cluster]: executor must be one of {', '.join(EXECUTORS)}, "
+                          f"got {competition.executor!r}")
     if competition.seeds < 1:
         raise ConfigError(f"{source}: seeds must be at least 1, got {competition.seeds}")
     if competition.evals < 0:
