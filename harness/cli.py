@@ -137,9 +137,11 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
         if bool(names) == run_all:
             raise click.UsageError("give entry NAMES or --all (not both)")
         competition = load_competition(config_path)
+        executor_name = executor_name or competition.executor
         if division_name and device == "auto":
             device = competition.division_for("", division_name).device
-        chosen_device = resolve_device(device)
+        # On a cluster the nodes have the GPUs, not necessarily the driver.
+        chosen_device = device if executor_name == "ray" and device != "auto" else resolve_device(device)
         division = competition.division_for(chosen_device, division_name)
         if division.device != chosen_device:
             raise ConfigError(f"division {division.name!r} is for {division.device}, not {chosen_device}")
@@ -170,11 +172,12 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
             click.echo(f"marked {abandoned} run(s) left unfinished by a stopped harness as interrupted", err=True)
         corpus = load_corpus(source)
         view = ProgressView(as_json)
-        executor = make_executor(executor_name or competition.executor, confinement, Path(runs_dir),
+        executor = make_executor(executor_name, confinement, Path(runs_dir),
                                  ray_address or competition.ray_address, sandbox)
+        hardware = _hardware_class(division, executor_name)
         requests = [RunRequest(entry=entry, hparams=overrides.get(entry.name, {}), seed=run_seed,
                                device=chosen_device, threads=threads or os.cpu_count() or 1, limits=limits,
-                               division=division.name, config=config, problem=entry.problem)
+                               division=division.name, config=config, problem=entry.problem, hardware=hardware)
                     for entry in entries for run_seed in seed_list]
         with Supervisor(store, corpus, Path(runs_dir), on_event=view.on_event, confinement=confinement,
                         executor=executor) as supervisor:
@@ -187,6 +190,16 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
             click.echo(f"site rebuilt: {len(written)} files in site/", err=True)
         if any(outcome.status is not RunStatus.OK for outcome in outcomes):
             sys.exit(EXIT_RUN_FAILED)
+
+
+def _hardware_class(division: Any, executor: str) -> str | None:
+    """The hardware class in the run keys: the division's declared one; else this machine's, except
+    for CUDA runs placed on a cluster, whose GPUs the driver may not have: keyed by the division."""
+    if division.hardware:
+        return division.hardware
+    if executor == "ray" and division.device == "cuda":
+        return f"division:{division.name}"
+    return None
 
 
 def _in_competition_tracks(entries: list[EntrySource], tracks: tuple[str, ...]) -> list[EntrySource]:

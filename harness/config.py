@@ -47,6 +47,9 @@ class Division:
     device: str
     budget: float
     memory: str
+    hardware: str | None = None
+    """The hardware class its runs are keyed by, e.g. "cuda:NVIDIA H100 80GB HBM3" [default: the
+    driver's own CPU or GPU]. Declare it when runs execute elsewhere (--executor ray)."""
 
     @property
     def memory_bytes(self) -> int:
@@ -89,8 +92,9 @@ _COMPETITION_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 _CLUSTER_KEYS: dict[str, type | tuple[type, ...]] = {"executor": str, "ray_address": str}
 _DIVISION_KEYS: dict[str, type | tuple[type, ...]] = {
-    "device": str, "budget": (int, float), "memory": str,
+    "device": str, "budget": (int, float), "memory": str, "hardware": str,
 }
+_OPTIONAL_DIVISION_KEYS = {"hardware"}
 
 
 def load_competition(path: str | Path | None) -> Competition:
@@ -126,12 +130,12 @@ def parse_competition(raw: dict[str, Any], source: str) -> Competition:
         for name, table in raw["divisions"].items():
             where = f"{source} [divisions.{name}]"
             values = _checked(table, _DIVISION_KEYS, where)
-            missing = set(_DIVISION_KEYS) - set(values)
+            missing = set(_DIVISION_KEYS) - _OPTIONAL_DIVISION_KEYS - set(values)
             if missing:
                 raise ConfigError(f"{where}: missing key(s) {', '.join(sorted(missing))}")
             parse_memory(values["memory"])
             divisions[name] = Division(name=name, device=values["device"], budget=float(values["budget"]),
-                                       memory=values["memory"])
+                                       memory=values["memory"], hardware=values.get("hardware"))
         competition = replace(competition, divisions=divisions)
     _validate(competition, source)
     return competition

@@ -39,6 +39,7 @@ EventSink = Callable[[dict[str, Any]], None]
 EXECUTORS = ("local", "ray")
 PROGRESS_EVERY_SECONDS = 1.0
 """A placed run streams at most one progress event a second (phase changes and curve points always)."""
+CAPACITY_SECONDS = 5.0
 
 
 @dataclass
@@ -150,9 +151,12 @@ def data_digest(data: RunData) -> str:
 
 
 def node_label() -> str:
-    """This Ray node as a run records it: host name and Ray node id (hosts may hold several nodes)."""
+    """This Ray node as a run records it: host name and Ray node id (hosts may hold several nodes);
+    the host name alone outside a Ray worker."""
     import ray
 
+    if not ray.is_initialized():
+        return socket.gethostname()
     return f"{socket.gethostname()} (ray node {ray.get_runtime_context().get_node_id()[:12]})"
 
 
@@ -215,6 +219,7 @@ class RayExecutor(Executor):
         self.data_ref: Any = None
         self.digest = ""
         self.remote = ray.remote(_run_on_node)
+        self._capacity: dict[tuple[str, str, int], tuple[int, float]] = {}
 
     def start(self, data: RunData) -> None:
         try:
@@ -235,7 +240,16 @@ class RayExecutor(Executor):
     def capacity(self, division: str, device: str, threads: int) -> int:
         """Runs the live nodes can hold at once: per node, the fewest of its division slots, its CPUs
         over the run's threads and (CUDA) its GPUs. No node declaring the division is an error: Ray
-        would queue those runs for ever."""
+        would queue those runs for ever. Asked again at most every few seconds (nodes come and go)."""
+        key = (division, device, threads)
+        cached = self._capacity.get(key)
+        if cached is not None and time.monotonic() - cached[1] < CAPACITY_SECONDS:
+            return cached[0]
+        total = self._count_slots(division, device, threads)
+        self._capacity[key] = (total, time.monotonic())
+        return total
+
+    def _count_slots(self, division: str, device: str, threads: int) -> int:
         resource = f"division:{division}"
         total = 0
         declared = False

@@ -52,13 +52,18 @@ class RunRequest:
     disk_bytes: int = 2**30
     problem: str | None = None
     """Set when the entry may not run at all (a reserved or duplicate name): it fails alone."""
+    hardware: str | None = None
+    """The hardware class in the key (a division's declared one); None: this machine's CPU or GPU."""
+
+    def hardware_class(self) -> str:
+        return self.hardware or hardware_fingerprint(self.device)
 
     def key(self, data_checksums: dict[str, str]) -> str:
         """Everything that determines the result; runs with equal keys are interchangeable."""
         return run_key(
             entry=self.entry.name, source_hash=self.entry.source_hash, hparams=self.hparams, seed=self.seed,
             budget=self.limits.seconds, memory=self.limits.memory_bytes, evals=self.limits.evals,
-            device=self.device, hardware=hardware_fingerprint(self.device), data=data_checksums,
+            device=self.device, hardware=self.hardware_class(), data=data_checksums,
             protocol=asdict(self.protocol), harness=harness.__version__,
         )
 
@@ -78,7 +83,7 @@ class RunRequest:
             budget_seconds=self.limits.seconds, memory_limit_bytes=self.limits.memory_bytes,
             eval_protocol=asdict(self.protocol), data_checksums=dict(data_checksums),
             harness_version=harness.__version__, git_commit=harness_git_commit(), division=self.division,
-            hardware=hardware_fingerprint(self.device), config=self.config, display_name=meta["name"],
+            hardware=self.hardware_class(), config=self.config, display_name=meta["name"],
             authors=meta["authors"], description=meta["description"], track=meta["track"],
         )
 

@@ -39,6 +39,12 @@ def cluster():
         cluster.stop()
 
 
+def project_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    return folder
+
+
 def tiny_lstm_capped(folder: Path) -> Path:
     """tests/entries/tiny_lstm.py stopping after 8 steps: deterministic whatever the machine's load,
     so its scores can be compared across executors."""
@@ -51,7 +57,7 @@ def tiny_lstm_capped(folder: Path) -> Path:
 
 
 def competition(tmp_path: Path) -> Path:
-    project = make_project(tmp_path / "project", tiny_lstm=tiny_lstm_capped(tmp_path))
+    project = make_project(project_folder(tmp_path), tiny_lstm=tiny_lstm_capped(tmp_path))
     (project / "baselines" / "kn5.py").write_text((REPO / "baselines" / "kn5.py").read_text())
     return project
 
@@ -99,7 +105,7 @@ def test_a_node_killed_mid_run_leaves_it_interrupted_and_it_is_retried(cluster: 
                                                                         env: dict[str, str]) -> None:
     # A division only a third node declares: the run is sure to land there, and on its replacement.
     cluster.add_node({"division:fragile": 1})
-    project = make_project(tmp_path / "project", slow_counter=ENTRIES / "slow_counter.py")
+    project = make_project(project_folder(tmp_path), slow_counter=ENTRIES / "slow_counter.py")
     (project / "competition.toml").write_text('[divisions.fragile]\ndevice = "cpu"\nbudget = 60\nmemory = "2GiB"\n')
     db = str(tmp_path / "runs.sqlite")
     driver = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "slow_counter", "--division", "fragile",
@@ -140,7 +146,7 @@ def wait_for_placement(db: str, driver: subprocess.Popen, timeout: float = 120) 
 
 def test_two_drivers_on_one_database_share_the_work(cluster: RayCluster, pg_server, tmp_path: Path,
                                                      env: dict[str, str]) -> None:
-    project = make_project(tmp_path / "project")
+    project = make_project(project_folder(tmp_path))
     db = pg_server.new_database("two")
     args = [sys.executable, "-m", "harness.cli", "run", "unigram", "--seeds", "4", *SHORT, "--db", db,
             "--executor", "ray", "--ray-address", cluster.address]
