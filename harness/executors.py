@@ -220,6 +220,8 @@ class RayExecutor(Executor):
         self.digest = ""
         self.remote = ray.remote(_run_on_node)
         self._capacity: dict[tuple[str, str, int], tuple[int, float]] = {}
+        self._seen: set[str] = set()
+        """Division resources some node declared during this run: their loss is waited out, not an error."""
 
     def start(self, data: RunData) -> None:
         try:
@@ -262,9 +264,12 @@ class RayExecutor(Executor):
             if device == "cuda":
                 slots = min(slots, int(have.get("GPU", 0)))
             total += max(0, slots)
+        if not declared and resource in self._seen:
+            return 1  # its nodes are gone for now (died, being replaced): Ray holds the run until one is back
         if not declared:
             raise ConfigError(f"no node of the Ray cluster declares the resource {resource!r}: start the nodes of "
                               f"division {division!r} with ray start --resources '{{\"{resource}\": SLOTS}}'")
+        self._seen.add(resource)
         if total == 0:
             raise ConfigError(f"no node declaring {resource!r} has {threads} CPU(s)"
                               + (" and a GPU" if device == "cuda" else "") + " for one run; lower --threads")
