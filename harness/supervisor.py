@@ -251,14 +251,17 @@ class _Dispatch:
     def _finish(self, done: Finished) -> None:
         request, events = self.out.pop(done.job.run_id)
         result = done.result
+        retry = done.node_lost and done.job.attempt == 1
         if done.node_lost:
             result.steps = result.steps or events.partial()["steps"] or 0
-            if done.job.attempt > 1:  # a second loss: left failed, not retried again
+            if retry:
+                self.pending.appendleft((request, done.job.attempt + 1))
+            else:  # a second loss: left failed, not retried again
                 result.status = RunStatus.FAILED
                 result.reason = f"{result.reason}; it was already a retry, so it is not retried again"
-            else:
-                self.pending.appendleft((request, done.job.attempt + 1))
-        self.outcomes.append(self.supervisor.record(done.job.run_id, request, result, done.node, done.environment))
+        outcome = self.supervisor.record(done.job.run_id, request, result, done.node, done.environment)
+        if not retry:  # a retried attempt stays recorded `interrupted`; the request's outcome is its retry's
+            self.outcomes.append(outcome)
 
     def _interrupt_all(self) -> None:
         """Cancel every run still out and record it `interrupted` (never leave one `running`)."""
