@@ -34,7 +34,7 @@ def synthetic_database(path: Path, entries: int = 200, runs_per_entry: int = 10,
                           description=f"Model {e}: an LSTM variant", track="mlm" if e % 20 == 0 else "causal",
                           hparams={"lr": 0.001 * (1 + e % 5)}, hparam_overrides={}, seed=r, device="cpu",
                           division="cpu", budget_seconds=600.0, memory_limit_bytes=8 * 2**30, eval_protocol={},
-                          data_checksums={}, harness_version="0.1.0", started_at=started,
+                          data_checksums={}, harness_version="0.1.0", config={"options": {"evals": 10}}, started_at=started,
                           ended_at=started + dt.timedelta(minutes=11), run_key=f"{e}-{r}")
                 if r == runs_per_entry - 1 and e % 10 == 3:
                     status, failure, reason = FAILURES[e % len(FAILURES)]

@@ -108,20 +108,25 @@ def findings(result: RunResult) -> list[dict[str, Any]]:
 
 def describe_entries(entries: list[EntrySource], confinement: Confinement, timeout: float = 120.0
                      ) -> dict[str, dict[str, Any]]:
-    """name -> {"ok", "schema" | "kind", "reason"}: imported in one sandboxed process."""
+    """name -> {"ok", "schema" | "kind", "reason"}: each entry imported in its own sandboxed process,
+    so no entry's code can speak for another's."""
+    return {entry.name: _describe_one(entry, confinement, timeout) for entry in entries}
+
+
+def _describe_one(entry: EntrySource, confinement: Confinement, timeout: float) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="ptb-harness-describe-"))
     os.chmod(work, 0o755)
     try:
-        files = {}
-        source_dir = work / "entries"
+        source_dir = work / "entry"
         source_dir.mkdir()
-        for entry in entries:
-            path = source_dir / f"{entry.name}.py"
-            path.write_text(entry.source, encoding="utf-8")
-            os.chmod(path, 0o444)
-            files[str(path)] = entry.name
+        path = source_dir / f"{entry.name.replace('/', '_')}.py"
+        path.write_text(entry.source, encoding="utf-8")
+        os.chmod(path, 0o444)
         (work / "scratch").mkdir()
-        return _describe(files, source_dir, work / "scratch", confinement, timeout)
+        found = _describe({str(path): entry.name}, source_dir, work / "scratch", confinement, timeout)
+        return found[entry.name]
+    except EntryError as exc:  # the entry broke the describer's protocol: it fails alone when it runs
+        return {"ok": False, "kind": FailureKind.CONTRACT_VIOLATION.value, "reason": str(exc)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -29,6 +29,7 @@ from harness.entries import EntrySource, discover, parse_overrides, select, stat
 from harness.errors import ConfigError, EntryError, FailureKind, HarnessError, RunStatus, StoreError, redact_url
 from harness.store import Store
 from harness.sandbox import Confinement, resolve_confinement
+from harness.plan import make_plan
 from harness.supervisor import (
     REUSE_DEFAULT, REUSE_NOTHING, REUSE_RETRY_FAILED, RunOutcome, RunRequest, Supervisor,
 )
@@ -100,7 +101,10 @@ def main() -> None:
 @click.option("--seeds", type=click.IntRange(min=1), help="Runs per entry [default: the config's, 1].")
 @hparam_option
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads per run [default: all cores].")
-@click.option("--evals", type=click.IntRange(min=0), help="Validation passes during training [default: 10].")
+@click.option("--evals", default="auto", show_default=True, metavar="N|auto",
+              help="Validation passes during training; auto: the competition's number at the division's budget, "
+                   "scaled down with a shorter budget (at least 1).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (runs, reused results, estimated time) and stop.")
 @click.option("--force", is_flag=True, help="Run again even where a finished result of the same key exists.")
 @click.option("--retry-failed", is_flag=True, help="Run again failed, timed-out and out-of-memory results.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
@@ -125,7 +129,7 @@ def main() -> None:
                    "RAY_ADDRESS, else auto].")
 def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str | None, device: str,
         division_name: str | None, seed: int, seeds: int | None, hparams: tuple[str, ...], threads: int | None,
-        evals: int | None, force: bool, retry_failed: bool, config_path: str | None, data_dir: str | None,
+        evals: str, dry_run: bool, force: bool, retry_failed: bool, config_path: str | None, data_dir: str | None,
         db: str, runs_dir: str, submissions: str, baselines: str, as_json: bool, sandbox: str,
         with_site: bool, executor_name: str | None, ray_address: str | None) -> None:
     """Train and score entries (NAMES, or paths to .py files), each in its own process.
@@ -153,13 +157,16 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
         if not entries:
             raise EntryError(f"none of the entries is in the competition's tracks ({', '.join(competition.tracks)}); "
                              f"see `tracks` in {competition.source}")
-        limits = RunLimits(seconds=division.budget if budget is None else budget, memory_bytes=parse_memory(memory or division.memory),
-                           evals=competition.evals if evals is None else evals)
+        seconds = division.budget if budget is None else budget
+        limits = RunLimits(seconds=seconds, memory_bytes=parse_memory(memory or division.memory),
+                           evals=_evals(evals, competition.evals, seconds, division.budget))
         source = DataSource.from_options(data_dir)
         confinement = _confinement(sandbox)
         if confinement.sandbox == "none" and sandbox == "auto":
             entries = [_refuse_unsandboxed(entry, confinement) for entry in entries]
-        overrides = _typed_overrides(entries, list(hparams), confinement) if hparams else {}
+        # Pinned hyper-parameters (competition.toml) first, --hparam on top: typed against each schema.
+        pairs = {entry.name: competition.pinned_pairs(entry.name) + list(hparams) for entry in entries}
+        overrides = _typed_overrides(entries, pairs, confinement) if any(pairs.values()) else {}
         seed_list = [seed + i for i in range(seeds or competition.seeds)]
         config = {"competition": competition.as_dict(), "division": division.name,
                   "options": {"budget": limits.seconds, "memory_bytes": limits.memory_bytes, "evals": limits.evals,
@@ -171,14 +178,18 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
         if abandoned:
             click.echo(f"marked {abandoned} run(s) left unfinished by a stopped harness as interrupted", err=True)
         corpus = load_corpus(source)
-        view = ProgressView(as_json)
-        executor = make_executor(executor_name, confinement, Path(runs_dir),
-                                 ray_address or competition.ray_address, sandbox)
-        hardware = _hardware_class(division, executor_name)
         requests = [RunRequest(entry=entry, hparams=overrides.get(entry.name, {}), seed=run_seed,
                                device=chosen_device, threads=threads or os.cpu_count() or 1, limits=limits,
-                               division=division.name, config=config, problem=entry.problem, hardware=hardware)
+                               division=division.name, config=config, problem=entry.problem,
+                               hardware=_hardware_class(division, executor_name))
                     for entry in entries for run_seed in seed_list]
+        plan = make_plan(store, requests, dict(corpus.checksums), reuse)
+        click.echo(plan.describe(division.name), err=True)
+        if dry_run:
+            return
+        view = ProgressView(as_json, plan)
+        executor = make_executor(executor_name, confinement, Path(runs_dir),
+                                 ray_address or competition.ray_address, sandbox)
         with Supervisor(store, corpus, Path(runs_dir), on_event=view.on_event, confinement=confinement,
                         executor=executor) as supervisor:
             if executor.name != "local":
@@ -186,7 +197,8 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
             outcomes = supervisor.run_all(requests, reuse)
         view.summary(outcomes, db)
         if run_all and with_site:
-            written = _build_site(store, Path("site"), None, config_path, None)
+            written = _build_site(store, Path("site"), None, config_path, None,
+                                  {entry.name: entry.source_hash for entry in available.values()})
             click.echo(f"site rebuilt: {len(written)} files in site/", err=True)
         if any(outcome.status is not RunStatus.OK for outcome in outcomes):
             sys.exit(EXIT_RUN_FAILED)
@@ -200,6 +212,21 @@ def _hardware_class(division: Any, executor: str) -> str | None:
     if executor == "ray" and division.device == "cuda":
         return f"division:{division.name}"
     return None
+
+
+def _evals(value: str, competition_evals: int, seconds: float, division_seconds: float) -> int:
+    """`auto`: the competition's passes at the division's budget, proportionally fewer (at least 1) below it."""
+    if value == "auto":
+        if seconds >= division_seconds:
+            return competition_evals
+        return max(1, min(competition_evals, round(competition_evals * seconds / division_seconds)))
+    try:
+        count = int(value)
+    except ValueError:
+        raise ConfigError(f"--evals must be a number of validation passes or auto, got {value!r}") from None
+    if count < 0:
+        raise ConfigError(f"--evals must be >= 0, got {count}")
+    return count
 
 
 def _in_competition_tracks(entries: list[EntrySource], tracks: tuple[str, ...]) -> list[EntrySource]:
@@ -217,7 +244,7 @@ def _in_competition_tracks(entries: list[EntrySource], tracks: tuple[str, ...]) 
 
 def open_store(db: str, read_only: bool = False) -> Store:
     """The results database; a missing optional driver is named with the extra that installs it.
-    `read_only` sessions take no write lock, so a reader never makes a run's writes wait."""
+    Read-only stores (results, show, site) never take SQLite's write lock."""
     try:
         return Store(db, read_only=read_only)
     except StoreError as exc:
@@ -254,7 +281,7 @@ def _refuse_unsandboxed(entry: EntrySource, confinement: Confinement) -> EntrySo
     return EntrySource(entry.name, entry.path, entry.kind, entry.source, entry.source_hash, problem)
 
 
-def _typed_overrides(entries: list[EntrySource], pairs: list[str],
+def _typed_overrides(entries: list[EntrySource], pairs: dict[str, list[str]],
                      confinement: Confinement) -> dict[str, dict[str, Any]]:
     """Check `--hparam` against each entry's schema (read in a sandboxed process: importing runs its code)."""
     from harness.checking import describe_entries
@@ -265,18 +292,24 @@ def _typed_overrides(entries: list[EntrySource], pairs: list[str],
     for entry in runnable:
         description = descriptions[entry.name]
         if description["ok"]:
-            typed[entry.name] = parse_overrides(pairs, description["schema"], entry.name)
+            typed[entry.name] = parse_overrides(pairs[entry.name], description["schema"], entry.name)
         else:  # it will fail alone when it runs, with its traceback recorded
             typed[entry.name] = {}
     return typed
 
 
 class ProgressView:
-    """A live progress line per run on stderr, and a summary at the end."""
+    """Progress on stderr: run k of n with its phase and bar, the time left, a summary at the end."""
 
-    def __init__(self, as_json: bool) -> None:
+    def __init__(self, as_json: bool, plan: Any) -> None:
         self.as_json = as_json
         self.tty = sys.stderr.isatty()
+        self.plan = plan
+        self.total = len(plan.to_run)
+        self.started = 0
+        self.left_seconds = plan.seconds
+        self.current_estimate = 0.0
+        self.run_began = time.monotonic()
         self.budget = 0.0
         self.last_draw = 0.0
         self.valid_ppl: float | None = None
@@ -286,27 +319,39 @@ class ProgressView:
     def on_event(self, event: dict[str, Any]) -> None:
         kind = event["type"]
         if kind == "run_started":
+            self.started += 1
+            self.current_estimate = self._estimate(event["entry"])
+            self.run_began = time.monotonic()
             self.budget, self.valid_ppl = float(event["budget"]), None
             self.placed = event.get("executor", "local") != "local"
             retry = " (retry)" if event.get("attempt", 1) > 1 else ""
-            click.echo(f"run {event['run_id']}: {event['entry']} (budget {self.budget:.0f} s){retry}", err=True)
+            click.echo(f"run {self.started} of {self.total} (id {event['run_id']}): {event['entry']} "
+                       f"(budget {self.budget:.0f} s; about {_clock(self.left_seconds)} left in all){retry}", err=True)
         elif self.placed and kind in ("placed", "phase", "curve", "progress"):
             self._placed_line(event)
         elif kind == "curve":
             self.valid_ppl = event.get("valid_ppl")
-            self._draw(event, force=True)
-        elif kind == "progress":
-            self._draw(event, force=False)
+            self._draw({**event, "phase": "validation"}, force=True)
+        elif kind in ("progress", "phase"):
+            self._draw(event, force=kind == "phase")
         elif kind in ("run_finished", "run_reused"):
-            if self.tty and kind == "run_finished" and not self.placed:
-                click.echo("", err=True)
+            if kind == "run_finished":
+                self.left_seconds = max(0.0, self.left_seconds - self.current_estimate)
+                if self.tty and not self.placed:
+                    click.echo("", err=True)
             prefix = "reused " if kind == "run_reused" else ""
-            click.echo(prefix + _outcome_line(event), err=True)
+            line = prefix + _outcome_line(event)
+            if kind == "run_reused" and event["status"] not in (RunStatus.OK.value, RunStatus.INVALID.value):
+                line += "  (a reused failure: --retry-failed runs it again)"
+            click.echo(line, err=True)
             if self.as_json:
                 click.echo(json.dumps(event))
         elif kind == "run_busy":
             click.echo(f"{event['entry']} (seed {event['seed']}): run {event['run_id']} is in progress in "
-                       f"another harness process (pid {event['pid']}); left to it", err=True)
+                       f"another harness process; left to it", err=True)
+
+    def _estimate(self, entry: str) -> float:
+        return next((run.seconds for run in self.plan.to_run if run.request.entry.name == entry), 0.0)
 
     def _placed_line(self, event: dict[str, Any]) -> None:
         """Runs out at once on a cluster: one plain line per event, naming its run, node and phase
@@ -333,25 +378,34 @@ class ProgressView:
         if not (force or (self.tty and now - self.last_draw > 0.2)):
             return
         self.last_draw = now
+        phase = event.get("phase") or "training"
         elapsed = float(event.get("train_seconds") or 0.0)
         width = 24
         filled = min(width, int(width * elapsed / self.budget)) if self.budget else 0
         bar = "#" * filled + "-" * (width - filled)
-        loss = event.get("loss")
-        parts = [f"  [{bar}] {elapsed:6.1f}/{self.budget:.0f} s", f"step {event.get('step', event.get('steps', '-'))}"]
-        if loss is not None:
-            parts.append(f"loss {loss:.3f}")
+        left = max(0.0, self.left_seconds - (now - self.run_began))
+        parts = [f"  {phase:<10} [{bar}] {elapsed:6.1f}/{self.budget:.0f} s"]
+        if phase == "training":
+            parts.append(f"step {event.get('step', event.get('steps', '-'))}")
+            if event.get("loss") is not None:
+                parts.append(f"loss {event['loss']:.3f}")
         if self.valid_ppl is not None:
             parts.append(f"valid ppl {self.valid_ppl:.1f}")
+        parts.append(f"~{_clock(left)} left")
         line = "  ".join(parts)
         if self.tty:
-            click.echo("\r" + line.ljust(100)[:100], err=True, nl=False)
+            click.echo("\r" + line.ljust(110)[:110], err=True, nl=False)
         else:
             click.echo(line, err=True)
 
     def summary(self, outcomes: list[RunOutcome], db: str) -> None:
         ok = sum(outcome.status is RunStatus.OK for outcome in outcomes)
         click.echo(f"{ok} of {len(outcomes)} run(s) ok; results in {redact_url(db)}", err=True)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
 
 
 def _outcome_line(event: dict[str, Any]) -> str:
@@ -381,7 +435,7 @@ def check(path: str, hparams: tuple[str, ...], device: str, timeout: float, sand
         if confinement.sandbox == "none" and sandbox == "auto":
             raise ConfigError(f"no working sandbox here ({confinement.note}); install bubblewrap, or pass "
                               "--sandbox none to run this entry's code unconfined")
-        overrides = _typed_overrides([entry], list(hparams), confinement)[entry.name] if hparams else {}
+        overrides = _typed_overrides([entry], {entry.name: list(hparams)}, confinement)[entry.name] if hparams else {}
         _, found = check_entry(entry, overrides, resolve_device(device), confinement, timeout)
         for finding in found:
             mark = click.style("ok  ", fg="green") if finding["ok"] else click.style("FAIL", fg="red")
@@ -444,26 +498,38 @@ def list_entries(submissions: str, baselines: str, as_json: bool) -> None:
 @click.option("--phase", type=click.Choice(["open", "final"]),
               help="open: rank on validation; final: on test [default: the config's].")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Competition config.")
+@entry_dir_options
 def results(db: str, fmt: str, output: str | None, entry: str | None, status: str | None, track: str | None,
-            division: str | None, list_runs: bool, phase: str | None, config_path: str | None) -> None:
-    """The ranking per track and division (mean and 95% interval over seeds, ties marked), or runs."""
+            division: str | None, list_runs: bool, phase: str | None, config_path: str | None, submissions: str,
+            baselines: str) -> None:
+    """The ranking per track and division (official configurations only, mean and 95% interval over
+    seeds, ties marked, published results in place), or the runs, each official or exploration."""
     from harness import report
-    from harness.results import failures, leaderboard, runs_frame
+    from harness.results import classified_runs, failures, leaderboard, load_references
 
     with _errors_to_exit():
         store = open_store(_existing_db(db), read_only=True)
         competition = load_competition(config_path)
         chosen_phase = phase or competition.phase
+        sources = _current_sources(submissions, baselines)
         if list_runs or status:
-            frame = runs_frame(store, entry=entry, status=status, track=track, division=division)
+            frame = classified_runs(store, competition, sources, entry=entry, status=status, track=track,
+                                    division=division)
             report.emit_runs(frame, fmt, output)
             return
-        rankings = [ranking for ranking in leaderboard(store, chosen_phase, track=track, division=division)
+        rankings = [ranking for ranking in leaderboard(store, chosen_phase, track=track, division=division,
+                                                       competition=competition, current_sources=sources,
+                                                       references=load_references())
                     if ranking.track in competition.tracks]
         if entry:
             for ranking in rankings:
                 ranking.table = ranking.table[ranking.table["entry"] == entry]
-        report.emit_rankings(rankings, failures(store, track), fmt, output, chosen_phase)
+        report.emit_rankings(rankings, failures(store, track, competition, sources), fmt, output, chosen_phase)
+
+
+def _current_sources(submissions: str, baselines: str) -> dict[str, str]:
+    """entry -> source hash of its file on disk (entries no longer on disk fall back to their newest run)."""
+    return {name: entry.source_hash for name, entry in discover(_entry_dirs(submissions, baselines)).items()}
 
 
 @main.command()
@@ -473,20 +539,24 @@ def results(db: str, fmt: str, output: str | None, entry: str | None, status: st
 @click.option("--phase", type=click.Choice(["open", "final"]), help="[default: the config's]")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Competition config.")
 @click.option("--templates", type=click.Path(file_okay=False), help="Folder with templates/ and static/.")
-def site(db: str, out_dir: str, phase: str | None, config_path: str | None, templates: str | None) -> None:
+@entry_dir_options
+def site(db: str, out_dir: str, phase: str | None, config_path: str | None, templates: str | None,
+         submissions: str, baselines: str) -> None:
     """Build the static leaderboard site from the results database."""
     with _errors_to_exit():
-        written = _build_site(open_store(_existing_db(db), read_only=True), Path(out_dir), phase, config_path, templates)
+        written = _build_site(open_store(_existing_db(db), read_only=True), Path(out_dir), phase, config_path,
+                              templates, _current_sources(submissions, baselines))
         click.echo(f"wrote {len(written)} files to {out_dir}/ (open {Path(out_dir) / 'index.html'})")
 
 
 def _build_site(store: Store, out_dir: Path, phase: str | None, config_path: str | None,
-                templates: str | None) -> list[Path]:
+                templates: str | None, current_sources: dict[str, str] | None = None) -> list[Path]:
     from harness.site import LEADERBOARD_DIR, SiteOptions, build_site
 
     competition = load_competition(config_path)
     options = SiteOptions(out_dir=out_dir, phase=phase or competition.phase, competition_name=competition.name,
-                          templates=Path(templates) if templates else LEADERBOARD_DIR, tracks=competition.tracks)
+                          templates=Path(templates) if templates else LEADERBOARD_DIR, tracks=competition.tracks,
+                          competition=competition, current_sources=current_sources)
     return build_site(store, options)
 
 
@@ -522,15 +592,22 @@ class ServeError(HarnessError):
 @click.argument("run_id", type=int)
 @click.option("--db", default="harness.sqlite", show_default=True, envvar="HARNESS_DB", help="Results database.")
 @click.option("--source", "with_source", is_flag=True, help="Print the entry's source code too.")
-def show(run_id: int, db: str, with_source: bool) -> None:
-    """Everything about one run: config, environment, curve, checks, error and log tail."""
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Competition config.")
+@entry_dir_options
+def show(run_id: int, db: str, with_source: bool, config_path: str | None, submissions: str, baselines: str) -> None:
+    """Everything about one run: official or exploration, config, environment, curve, checks, error, log tail."""
     from harness import report
+    from harness.results import classified_runs
 
     with _errors_to_exit():
-        run = open_store(_existing_db(db), read_only=True).get_run(run_id)
+        store = open_store(_existing_db(db), read_only=True)
+        run = store.get_run(run_id)
         if run is None:
             raise EntryError(f"no run {run_id} in {redact_url(db)}; `harness results --runs` lists them")
-        click.echo(report.describe_run(run, with_source))
+        runs = classified_runs(store, load_competition(config_path), _current_sources(submissions, baselines),
+                               entry=run.entry)
+        standing = runs[runs["id"] == run_id].iloc[0].to_dict()
+        click.echo(report.describe_run(run, with_source, standing))
 
 
 @main.command()

@@ -15,9 +15,16 @@ value of the wrong type is an error that names the key.
     budget = 600          # training seconds
     memory = "8GiB"
 
+    [entries.my_lstm.hparams]   # optional: pin an entry's official hyper-parameters
+    lr = 0.002
+
     [cluster]             # where runs execute (see harness/executors.py)
     executor = "local"    # local: one after another here; ray: one Ray task per run
     ray_address = "auto"  # the Ray cluster for executor = "ray" (default: RAY_ADDRESS, else auto)
+
+An entry's official configuration in a division is its current source, its declared
+hyper-parameters (with the pinned ones applied), the division's budget and memory, and `evals`;
+only runs of exactly that configuration are ranked (see `harness.results`).
 """
 
 from __future__ import annotations
@@ -67,9 +74,19 @@ class Competition:
         "cpu": Division("cpu", "cpu", 600.0, "8GiB"),
         "cuda": Division("cuda", "cuda", 300.0, "40GiB"),
     })
+    pinned_hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """entry name -> hyper-parameters its official runs use instead of the declared defaults."""
     executor: str = "local"
     ray_address: str | None = None
     source: str = "built-in defaults"
+
+    def official_hparams(self, entry: str) -> dict[str, Any]:
+        """The overrides an official run of `entry` carries: the pinned ones, or none."""
+        return dict(self.pinned_hparams.get(entry, {}))
+
+    def pinned_pairs(self, entry: str) -> list[str]:
+        """The pinned hyper-parameters as `key=value` text, to be typed like `--hparam` against the schema."""
+        return [f"{key}={_toml_text(value)}" for key, value in self.official_hparams(entry).items()]
 
     def division_for(self, device: str, name: str | None = None) -> Division:
         if name is not None:
@@ -84,7 +101,8 @@ class Competition:
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "phase": self.phase, "seeds": self.seeds, "evals": self.evals,
                 "tracks": list(self.tracks), "source": self.source, "executor": self.executor,
-                "divisions": {k: vars(v) for k, v in self.divisions.items()}}
+                "divisions": {k: vars(v) for k, v in self.divisions.items()},
+                "pinned_hparams": {k: dict(v) for k, v in self.pinned_hparams.items()}}
 
 
 _COMPETITION_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -115,10 +133,10 @@ def load_competition(path: str | Path | None) -> Competition:
 
 
 def parse_competition(raw: dict[str, Any], source: str) -> Competition:
-    unknown = set(raw) - {"competition", "divisions", "cluster"}
+    unknown = set(raw) - {"competition", "divisions", "entries", "cluster"}
     if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {', '.join(sorted(unknown))}; expected [competition], "
-                          "[divisions.NAME], [cluster]")
+        raise ConfigError(f"{source}: unknown section(s) {', '.join(sorted(unknown))}; "
+                          "expected [competition], [divisions.NAME], [entries.NAME.hparams], [cluster]")
     settings = _checked(raw.get("competition", {}), _COMPETITION_KEYS, f"{source} [competition]")
     competition = replace(Competition(), source=source, **{
         key: tuple(value) if key == "tracks" else value for key, value in settings.items()
@@ -137,8 +155,34 @@ def parse_competition(raw: dict[str, Any], source: str) -> Competition:
             divisions[name] = Division(name=name, device=values["device"], budget=float(values["budget"]),
                                        memory=values["memory"], hardware=values.get("hardware"))
         competition = replace(competition, divisions=divisions)
+    if "entries" in raw:
+        competition = replace(competition, pinned_hparams=_pinned_hparams(raw["entries"], source))
     _validate(competition, source)
     return competition
+
+
+def _pinned_hparams(entries: Any, source: str) -> dict[str, dict[str, Any]]:
+    """`[entries.NAME.hparams]` tables: scalar values only (they are typed against the entry's schema at run time)."""
+    if not isinstance(entries, dict):
+        raise ConfigError(f"{source} [entries] must be a table of [entries.NAME.hparams] tables")
+    pinned = {}
+    for name, table in entries.items():
+        where = f"{source} [entries.{name}]"
+        if not isinstance(table, dict) or set(table) - {"hparams"}:
+            raise ConfigError(f"{where}: the only key is the table hparams, e.g. [entries.{name}.hparams] lr = 0.002")
+        values = table.get("hparams", {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: hparams must be a table")
+        for key, value in values.items():
+            if not isinstance(value, (bool, int, float, str)):
+                raise ConfigError(f"{where}.hparams: {key!r} must be a number, string or boolean, got {value!r}")
+        pinned[name] = dict(values)
+    return pinned
+
+
+def _toml_text(value: Any) -> str:
+    """A pinned TOML value as `--hparam` would spell it (booleans are lower case there)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def _checked(table: Any, schema: dict[str, type | tuple[type, ...]], where: str) -> dict[str, Any]:

@@ -38,7 +38,8 @@ checkpoint by budget plus a grace period (10% of the budget, 2 to 10 s) is kille
 `ctx.clock` tells you the elapsed and remaining training seconds on that clock.
 
 Checkpoints: `state_dict()` by default holds every module, tensor, numpy array and optimiser your
-entry keeps in its attributes (looked for through lists, tuples, dicts and plain objects);
+entry keeps in its attributes (looked for through lists, tuples, dicts and plain objects), except
+attributes whose name starts with `_` (scratch: carried hidden state, a copy of the best weights);
 `load_state_dict()` puts them back into the entry the scorer built with `setup`. An entry whose
 scored state is built during training in other objects (an n-gram table, say) overrides both.
 State must be tensors, numpy arrays, numbers, strings and lists, tuples and dicts of them.
@@ -241,6 +242,9 @@ class Entry:
     """C: earlier tokens prepended to each scoring window (stateless models). May be set in setup."""
     eval_window: int = 64
     """W: scored positions per scoring call, 1 to 64 (a Transformer trained on 35 positions may ask for 35)."""
+    validate_every_epoch: ClassVar[bool] = False
+    """True: a validation pass at the end of every epoch but the last (at most 100), instead of the
+    competition's cadence on the clock; frozen, untimed passes all the same."""
 
     hparams: Hparams
     """Set by the harness before `setup`: the defaults with the command line's overrides."""

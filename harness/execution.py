@@ -20,6 +20,7 @@ import socket
 import struct
 import sys
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -51,6 +52,7 @@ DEFAULT_DISK_BYTES = 2**30
 MAX_CONTEXT = 1024               # eval_context cap: bounds the shared memory of one block of rows
 SLOTS = 2                        # blocks of rows in flight: the scorer fills one while the supervisor reads the other
 PROGRESS_EVERY_SECONDS = 0.25
+MAX_EPOCH_PASSES = 100         # validation passes of an entry that validates at every epoch end
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -126,6 +128,8 @@ class RunResult:
     audits: dict[str, int] = field(default_factory=dict)
     context: int = 0
     window: int = 0
+    pass_seconds: list[dict[str, float]] = field(default_factory=list)
+    """Per validation pass: wall seconds of the whole pass (checkpoint, freeze, load, score, thaw) and of the scoring."""
 
     @property
     def ok(self) -> bool:
@@ -288,13 +292,16 @@ class _Run:
     def execute(self) -> RunResult:
         try:
             self._prepare()
-            self._start_scorers()
             self._train()
             self._final_scoring()
             self.result.status = RunStatus.OK
         except RunEnd as end:
             self.result.status, self.result.failure = end.status, end.failure
             self.result.reason, self.result.traceback = end.reason, end.traceback
+        except Exception as exc:  # a fault of the harness itself: this run fails, recorded; the others go on
+            self.result.status, self.result.failure = RunStatus.FAILED, FailureKind.HARNESS_ERROR
+            self.result.reason = f"the harness failed during this run: {type(exc).__name__}: {exc}"
+            self.result.traceback = traceback.format_exc()
         finally:
             self._shutdown()
         return self.result
@@ -329,7 +336,8 @@ class _Run:
                 "memory_bytes": self.spec.limits.memory_bytes, "work_dir": str(work_dir)}
 
     def _start_scorers(self) -> None:
-        """Two scorers first: their import and setup are untimed, and they then idle until needed.
+        """Two scorers, started when first needed (a validation pass, with the trainer frozen, or the
+        final scoring): their import and setup are untimed and never compete with timed training.
         Each scores half the windows and audits the other's, so neither can pass an audit by
         remembering the window it copies."""
         self.phase = "starting scorers"
@@ -394,15 +402,17 @@ class _Run:
                                  "the trainer did not start")
         self.clock.start()  # the first message comes before any participant code is imported
         self.result.environment = {k: v for k, v in environment.items() if k != "type"}
+        self.on_event({"type": "environment", "environment": self.result.environment})
         hparams = self._wait(self.trainer, self._training_deadline(), {"hparams"}, self._overrun_reason)
         self.result.hparams = hparams["values"]
         self.trainer.channel.send(self._context(hparams))
         self.feed = TrainFeed(self.data.train, self.data.eos_id, hparams["batch_size"], hparams["seq_len"],
                               hparams["max_steps"], hparams["max_epochs"], self.mask_id, len(self.data.vocab),
                               self.spec.seed)
-        passes = self._planned_passes()
+        self.epoch_passes = bool(hparams.get("validate_every_epoch")) and not self.spec.eval_at_steps
+        passes = MAX_EPOCH_PASSES if self.epoch_passes else self._planned_passes()
         pass_times = [self.spec.limits.seconds * (k + 1) / (passes + 1) for k in range(passes)]
-        seq, pending = 0, None
+        seq, pending, epoch_closed = 0, None, False
         while True:
             request = self._wait(self.trainer, self._training_deadline(), {"next"}, self._overrun_reason)
             self.last_loss = request["loss"] if request["loss"] is not None else self.last_loss
@@ -413,16 +423,21 @@ class _Run:
                 continue
             if self.feed.at_epoch_end():  # an epoch that ran out is closed before anything else
                 self.trainer.channel.send({"type": "epoch_end", "epoch": self.feed.end_epoch()})
+                epoch_closed = True
                 continue
             stop = self._stop_reason()
             if stop:
                 break
             done = len(self.result.curve)
-            if done < passes and self._pass_due(done, pass_times):
+            due = done < passes and (epoch_closed if self.epoch_passes else self._pass_due(done, pass_times))
+            epoch_closed = False
+            if due:
                 seq += 1
+                began = time.monotonic()
                 self.trainer.channel.send({"type": "checkpoint", "seq": seq})
                 self._wait_seq(self.trainer, self._training_deadline(), "checkpoint_ready", seq)
                 pending = self._validation_pass(seq, done, passes)
+                self.result.pass_seconds[-1]["total"] = time.monotonic() - began
                 continue
             batch = self.feed.next_batch(request["seq_len"])
             message = {"type": "batch", "shape": list(batch.inputs.shape), "epoch": batch.epoch,
@@ -486,11 +501,16 @@ class _Run:
             self.clock.pause()
         else:
             self.result.paused_counted = True
-        self.phase = "validation"
         try:
+            if not self.scorers:  # started at the first pass, with the trainer frozen: untimed, uncontended
+                self._start_scorers()
+            self.phase = "validation"
             deadline = time.monotonic() + self.spec.limits.eval_cap_seconds + self.spec.limits.grace
+            began = time.monotonic()
             score = self._score(self.data.valid, "valid", seq, deadline,
                                 f"a validation pass took over {self.spec.limits.eval_cap_seconds:.0f} s")
+            self.result.pass_seconds.append({"scoring": time.monotonic() - began - self.last_load_seconds,
+                                             "load": self.last_load_seconds})
         finally:
             if frozen:
                 cgroup.thaw()
@@ -515,6 +535,8 @@ class _Run:
     # --- Scoring ---------------------------------------------------------------------------------------
 
     def _final_scoring(self) -> None:
+        if not self.scorers:
+            self._start_scorers()
         self.phase = "scoring"
         self.on_event({"type": "phase", "phase": "scoring"})
         deadline = time.monotonic() + self.spec.limits.scoring_cap_seconds + self.spec.limits.grace
@@ -547,6 +569,7 @@ class _Run:
 
     def _score(self, ids: np.ndarray, split: str, seq: int, deadline: float, why: str,
                protocol: EvalProtocol | None = None) -> SplitScore | MaskedScore:
+        began = time.monotonic()
         for lane, scorer in enumerate(self.scorers):
             if self.loaded.get(lane) != seq:
                 scorer.channel.send({"type": "load", "seq": seq, "file": f"checkpoint-{seq}.safetensors"})
@@ -554,6 +577,7 @@ class _Run:
             if self.loaded.get(lane) != seq:
                 self._wait_seq(scorer, deadline, "loaded", seq, why)
                 self.loaded[lane] = seq
+        self.last_load_seconds = time.monotonic() - began
         plan = ScorePass(split, ids, self.data.eos_id, len(self.data.vocab), protocol or self.spec.protocol,
                          self.context, self.window, self.spec.track, self.mask_id)
         in_flight: list[deque[tuple[int, Request, int]]] = [deque(), deque()]

@@ -32,7 +32,7 @@ import numpy as np
 
 from harness.errors import ConfigError, DataError, FailureKind, RunStatus
 from harness.execution import RunData, RunResult, RunSpec, execute_run
-from harness.provenance import hardware_fingerprint
+from harness.provenance import cpu_model, hardware_fingerprint
 from harness.sandbox import Confinement, resolve_confinement
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -198,7 +198,8 @@ def _run_on_node(spec: RunSpec, data: RunData, digest: str, sandbox: str) -> Ite
     if "error" in box:
         raise box["error"]
     yield {"type": "result", "result": box["result"], "node": node,
-           "environment": {"node": node, "node_hardware": hardware, "node_sandbox": confinement.sandbox}}
+           "environment": {"node": node, "node_hardware": hardware, "node_cpu": cpu_model(),
+                           "node_sandbox": confinement.sandbox}}
 
 
 class RayExecutor(Executor):

@@ -82,7 +82,7 @@ SCHEMAS: dict[str, dict[str, Callable[[Any], bool]]] = {
                     "cudnn_version": _int(0, 10**7, optional=True), "numpy_version": _ANY_OPTIONAL_TEXT,
                     "pid_namespace_pid": _int(0, 2**31, optional=True)},
     "hparams": {"batch_size": _int(1, 100_000), "seq_len": _int(1, 100_000), "max_steps": _int(0, 2**40, True),
-                "max_epochs": _int(0, 10**6, True), "values": _dict},
+                "max_epochs": _int(0, 10**6, True), "values": _dict, "validate_every_epoch": _bool},
     "next": {"seq_len": _int(1, 100_000, optional=True), "loss": _number(optional=True)},
     "checkpoint_ready": {"seq": _int(0, 10**6)},
     "final_ready": {"seq": _int(0, 10**6)},
@@ -96,6 +96,7 @@ SCHEMAS: dict[str, dict[str, Callable[[Any], bool]]] = {
                 "traceback": _text(16_000, optional=True)},
 }
 OPTIONAL_FIELDS = {"described": {"schema", "kind", "reason"}, "environment": set(SCHEMAS["environment"]),
+                   "hparams": {"validate_every_epoch"},
                    "failure": {"traceback"}, "next": {"seq_len", "loss"}}
 
 

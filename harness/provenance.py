@@ -51,3 +51,12 @@ def run_key(**parts: Any) -> str:
     """A digest of everything that determines a run's result (see `harness.supervisor.key_parts`)."""
     canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def configuration_digest(**parts: Any) -> str:
+    """The run key without the seed: runs with equal digests are seeds of one configuration.
+
+    `run_key(seed=s, **parts)` and `configuration_digest(**parts)` take the same parts; the
+    rankings group seeds by this digest (see `harness.results.configuration_parts`).
+    """
+    return run_key(**parts)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import hashlib
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,10 @@ from pygments.lexers import PythonLexer
 import harness
 from harness.budget import format_bytes
 from harness.charts import line_chart, scatter_chart, short_number
+from harness.config import Competition
 from harness.errors import ConfigError, RunStatus
-from harness.report import rankings_frame
-from harness.results import Ranking, current_runs, failures, leaderboard, runs_frame
+from harness.report import configuration_text, rankings_frame
+from harness.results import REFERENCE, Ranking, classified_runs, failures, leaderboard, load_references
 from harness.store import Run, Store
 
 LEADERBOARD_DIR = Path(harness.__file__).resolve().parent.parent / "leaderboard"
@@ -43,12 +45,19 @@ class SiteOptions:
     templates: Path = LEADERBOARD_DIR
     tracks: tuple[str, ...] = ("causal", "mlm")
     """Only these tracks get a ranking (the competition config's `tracks`)."""
+    competition: Competition = field(default_factory=Competition)
+    """Its divisions, evals and pinned hyper-parameters define each entry's official configuration."""
+    current_sources: dict[str, str] | None = None
+    """entry -> source hash on disk, when the project folder is known; else each entry's newest run's."""
 
 
 def entry_filename(entry: str) -> str:
-    """A safe, stable file name for an entry's page."""
-    safe = re.sub(r"[^A-Za-z0-9_-]", "_", entry)[:80] or "entry"
-    return f"{safe}.html"
+    """A safe, stable and unique file name for an entry's page: names that clean to the same
+    characters (`a/b`, `a_b`) still get different pages, from a digest of the exact name."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", entry)[:60] or "entry"
+    if safe == entry:
+        return f"{safe}.html"
+    return f"{safe}-{hashlib.sha256(entry.encode()).hexdigest()[:10]}.html"
 
 
 def _environment(templates: Path) -> jinja2.Environment:
@@ -68,22 +77,26 @@ def build_site(store: Store, options: SiteOptions) -> list[Path]:
     env = _environment(options.templates)
     out = options.out_dir
     (out / "entries").mkdir(parents=True, exist_ok=True)
-    rankings = [ranking for ranking in leaderboard(store, options.phase) if ranking.track in options.tracks]
-    frame = current_runs(runs_frame(store))
-    failed = failures(store)
-    references = _references(options.templates)
+    runs = classified_runs(store, options.competition, options.current_sources)
+    rankings = [ranking for ranking in leaderboard(store, options.phase, competition=options.competition,
+                                                   current_sources=options.current_sources,
+                                                   references=load_references(options.templates / "references.json"))
+                if ranking.track in options.tracks]
+    frame = runs[runs["counted"]]
+    failed = failures(store, competition=options.competition, current_sources=options.current_sources)
     common = {"competition": options.competition_name, "phase": options.phase,
               "split": "test" if options.phase == "final" else "valid", "harness_version": harness.__version__,
-              "data_as_of": _date(frame["ended_at"].max()) if not frame.empty else "no runs yet"}
+              "data_as_of": _date(runs["ended_at"].max()) if not runs.empty else "no runs yet"}
     written = [
         _render(env, "index.html", out / "index.html", root="", rankings=[_ranking_view(r) for r in rankings],
-                failures=_failure_rows(failed), references=references, **common),
+                failures=_failure_rows(failed), **common),
         _render(env, "history.html", out / "history.html", root="", records=_records(frame, common["split"]),
                 best_chart=_history_chart(frame, common["split"]), **common),
         _render(env, "charts.html", out / "charts.html", root="", charts=_tradeoff_charts(rankings), **common),
     ]
-    for entry in sorted(frame["entry"].unique()) if not frame.empty else []:
-        written.append(_entry_page(env, store, entry, out, common))
+    standing = {r["id"]: r for r in runs[["id", "configuration", "differs", "counted", "config_digest"]].to_dict("records")}
+    for entry in sorted(runs["entry"].unique()) if not runs.empty else []:
+        written.append(_entry_page(env, store, entry, standing, out, common))
     written += _machine_files(rankings, failed, out, options.phase)
     written += _static(options.templates, out)
     return written
@@ -98,10 +111,17 @@ def _render(env: jinja2.Environment, template: str, path: Path, **context: Any) 
 
 
 def _ranking_view(ranking: Ranking) -> dict[str, Any]:
+    """Ranked entries and published results in score order; sorting by rank keeps a reference after the entry above it."""
     split = ranking.split
     rows = []
-    for r in ranking.table.to_dict("records"):
-        rows.append({**r, "page": "entries/" + entry_filename(r["entry"]), "score": r[f"{split}_ppl"],
+    merged = ranking.with_references()
+    rank_above, since = 0, 0  # the rank of the entry above, the references since it
+    for r in merged.to_dict("records"):
+        reference = r["row_type"] == REFERENCE
+        rank_above, since = (rank_above, since + 1) if reference else (int(r["rank"]), 0)
+        rows.append({**r, "reference": reference, "rank": None if reference else int(r["rank"]),
+                     "sort_rank": rank_above + since / (len(merged) + 1),
+                     "page": "entries/" + entry_filename(r["entry"]), "score": r[f"{split}_ppl"],
                      "ci_low": r[f"{split}_ci_low"], "ci_high": r[f"{split}_ci_high"],
                      "accuracy": r[f"{split}_accuracy"]})
     return {"track": ranking.track, "division": ranking.division, "split": split, "rows": rows,
@@ -114,18 +134,16 @@ def _failure_rows(failed: pd.DataFrame) -> list[dict[str, Any]]:
              "date": r["ended_at"]} for r in failed.to_dict("records")]
 
 
-def _references(templates: Path) -> list[dict[str, Any]]:
-    path = templates / "references.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
-
-
 # --- Entry pages --------------------------------------------------------------------------------
 
 
-def _entry_page(env: jinja2.Environment, store: Store, entry: str, out: Path, common: dict[str, Any]) -> Path:
+def _entry_page(env: jinja2.Environment, store: Store, entry: str, standing: dict[int, dict[str, Any]], out: Path,
+                common: dict[str, Any]) -> Path:
+    """Every run of the entry, each marked official or exploration with what differs (`standing`: by run id)."""
     runs = _entry_runs(store, entry)
-    latest = runs[-1]
-    views = [_run_view(run, common["phase"]) for run in runs]
+    counted = [run for run in runs if standing[run.id]["counted"]]
+    latest = (counted or runs)[-1]  # the heading and source describe the ranked configuration where there is one
+    views = [_run_view(run, common["phase"], standing[run.id]) for run in runs]
     # Every run that saved curve points draws them: an interrupted or timed-out run keeps its curve.
     with_curve = [run for run in runs if run.curve]
     curves = [
@@ -146,18 +164,19 @@ def _curve_label(run: Run) -> str:
 
 
 def _entry_runs(store: Store, entry: str) -> list[Run]:
-    """Every run of the entry's latest source, oldest first, with curves loaded."""
+    """Every run of the entry, oldest first, with curves loaded."""
     with store.session() as session:
-        runs = session.scalars(select(Run).where(Run.entry == entry).options(selectinload(Run.curve))
-                               .order_by(Run.id)).all()
-    latest_source = runs[-1].source_hash
-    return [run for run in runs if run.source_hash == latest_source]
+        return list(session.scalars(select(Run).where(Run.entry == entry).options(selectinload(Run.curve))
+                                    .order_by(Run.id)).all())
 
 
-def _run_view(run: Run, phase: str) -> dict[str, Any]:
+def _run_view(run: Run, phase: str, standing: dict[str, Any]) -> dict[str, Any]:
     show_test = phase == "final"
     return {
         "id": run.id, "seed": run.seed, "status": run.status, "failure": run.failure, "reason": run.reason,
+        "configuration": standing["configuration"], "counted": bool(standing["counted"]),
+        "differs": standing["differs"], "config_digest": standing["config_digest"],
+        "configuration_text": configuration_text(standing["configuration"], standing["differs"]),
         "valid_ppl": run.valid_ppl, "valid_tokens": run.valid_tokens,
         "test_ppl": run.test_ppl if show_test else None, "test_tokens": run.test_tokens if show_test else None,
         "valid_accuracy": run.valid_accuracy, "test_accuracy": run.test_accuracy if show_test else None,
@@ -178,7 +197,7 @@ def _run_view(run: Run, phase: str) -> dict[str, Any]:
 
 
 def _records(frame: pd.DataFrame, split: str) -> list[dict[str, Any]]:
-    """Each run that beat the best score so far of its track and division, in time order."""
+    """Each counted official run that beat the best score so far of its track and division, in time order."""
     ok = frame[(frame["status"] == RunStatus.OK.value) & frame[f"{split}_ppl"].notna()].sort_values("ended_at")
     best: dict[tuple[str, str], float] = {}
     records = []

@@ -23,7 +23,7 @@ from harness.entries import EntrySource, static_metadata
 from harness.errors import FailureKind, RunStatus
 from harness.execution import RunData, RunResult, RunSpec
 from harness.executors import Executor, Finished, Job, LocalExecutor
-from harness.provenance import hardware_fingerprint, harness_git_commit, run_key
+from harness.provenance import cpu_model, hardware_fingerprint, harness_git_commit, run_key
 from harness.sandbox import Confinement
 from harness.scoring import EvalProtocol, MaskedScore, SplitScore
 from harness.store import Store
@@ -158,11 +158,13 @@ class Supervisor:
 
     def record(self, run_id: int, request: RunRequest, result: RunResult, node: str | None = None,
                node_environment: dict[str, Any] | None = None) -> RunOutcome:
-        fields = result_fields(result)
+        fields = result_fields(result, request.device)
         if node is not None:
             fields["node"] = node
         if node_environment:  # where a placed run actually ran, beside the hardware class in its key
             fields["environment"] = {**fields.get("environment", {}), **node_environment}
+            if request.device == "cpu" and node_environment.get("node_cpu"):
+                fields["device_name"] = node_environment["node_cpu"]  # the node's CPU, not the driver's
         if result.ok:
             self._save_token_nll(run_id, result)
         self.store.finish_run(run_id, result.status, **fields)
@@ -286,6 +288,9 @@ class _LiveEvents:
         if event["type"] == "curve":
             point = {k: event[k] for k in ("train_seconds", "steps", "tokens", "valid_ppl")}
             self.supervisor.store.add_curve_point(self.run_id, **point)
+        if event["type"] == "environment":  # the trainer is up: shown while the run is in flight
+            self.supervisor.store.update_run(self.run_id, environment=event["environment"])
+            return
         if event["type"] in ("progress", "curve"):
             self.last = event
         self.supervisor.on_event({**event, "run_id": self.run_id, "entry": self.request.entry.name})
@@ -296,7 +301,7 @@ class _LiveEvents:
                 "train_seconds": self.last.get("train_seconds")}
 
 
-def result_fields(result: RunResult) -> dict[str, Any]:
+def result_fields(result: RunResult, device: str = "cpu") -> dict[str, Any]:
     """The store's columns for a finished run."""
     fields: dict[str, Any] = {
         "failure": result.failure.value if result.failure else None, "reason": result.reason,
@@ -305,12 +310,15 @@ def result_fields(result: RunResult) -> dict[str, Any]:
         "steps": result.steps, "epochs": result.epochs, "tokens_trained": result.tokens,
         "train_seconds": result.train_seconds, "stop_reason": result.stop_reason or None,
         "param_count": result.param_count, "checks": {**result.checks, "audits": result.audits},
+        "audits": result.audits or None, "cpu_seconds": result.cpu_seconds, "max_threads": result.max_threads or None,
+        "train_seconds_paused_counted": result.paused_counted, "node": socket.gethostname(),
     }
     if result.hparams:
         fields["hparams"] = result.hparams
     env = result.environment
     if env:
-        fields.update(device_name=_text(env.get("device_name")), torch_version=_text(env.get("torch_version")),
+        # The CPU's name as the supervisor reads it; a GPU's as the trainer reported it.
+        fields.update(device_name=cpu_model() if device == "cpu" else _text(env.get("device_name")), torch_version=_text(env.get("torch_version")),
                       python_version=_text(env.get("python_version")), platform=_text(env.get("platform")),
                       environment={**env, "harness_version": harness.__version__})
     if result.ok:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.contract import Entry, Hparams, SetupContext
+from harness.contract import Entry, Hparams, SetupContext, ValidationInfo
 
 
 @dataclass
@@ -26,6 +26,7 @@ class LstmHparams(Hparams):
     dropout: float = 0.0
     lr: float = 1e-3
     clip: float = 5.0
+    keep_best: bool = True
 
 
 class LstmModel(nn.Module):
@@ -49,17 +50,31 @@ class Lstm(Entry):
     def setup(self, ctx: SetupContext) -> None:
         self.model = LstmModel(ctx.vocab_size, self.hparams).to(ctx.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.hparams.lr)
-        self.train_state = None  # hidden state carried across steps (the stream is contiguous)
+        # Names starting with _ are scratch: the default state_dict (the checkpoint) leaves them out.
+        self._train_state = None  # hidden state carried across steps (the stream is contiguous)
+        self._best: tuple[float, dict[str, torch.Tensor]] | None = None  # best validation so far
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits, state = self.model(inputs, self.train_state)
-        self.train_state = tuple(s.detach() for s in state)  # truncated back-propagation
+        logits, state = self.model(inputs, self._train_state)
+        self._train_state = tuple(s.detach() for s in state)  # truncated back-propagation
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
         self.optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), self.hparams.clip)
         self.optimizer.step()
         return loss.detach()
+
+    def on_validation(self, info: ValidationInfo) -> None:
+        # info is the validation perplexity (a float) with the schedule: info.pass_index, info.passes,
+        # info.step, info.train_seconds, info.last. Keep the best weights seen so far.
+        if self._best is None or info < self._best[0]:
+            self._best = (float(info), {k: v.detach().clone() for k, v in self.model.state_dict().items()})
+
+    def on_train_end(self) -> None:
+        # Called once after the last step, before the final checkpoint: score the best weights seen
+        # on validation rather than the last ones (the supervisor scores valid and test from them).
+        if self._best is not None and self.hparams.keep_best:
+            self.model.load_state_dict(self._best[1])
 
     def log_probs(self, inputs: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         logits, state = self.model(inputs, state)

@@ -48,6 +48,9 @@ def test_file_values_replace_defaults(tmp_path: Path) -> None:
     ({"divisions": {"cpu": {"device": "cpu", "budget": 10, "memory": "lots"}}}, "'lots' is not a size"),
     ({"divisions": {"cpu": {"device": "tpu", "budget": 10, "memory": "1GiB"}}}, "device must be cpu or cuda"),
     ({"divisions": {"cpu": {"device": "cpu", "budget": 10, "memory": "1GiB", "gpus": 2}}}, "unknown key 'gpus'"),
+    ({"entries": {"my_lstm": {"lr": 0.002}}}, r"\[entries.my_lstm\]: the only key is the table hparams"),
+    ({"entries": {"my_lstm": {"hparams": {"sizes": [1, 2]}}}}, "'sizes' must be a number, string or boolean"),
+    ({"entries": []}, r"\[entries\] must be a table"),
 ])
 def test_errors_name_the_key(raw: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -61,3 +64,23 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
         load_competition(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_competition(tmp_path / "none.toml")
+
+
+def test_pinned_hyper_parameters_are_an_entrys_official_overrides(tmp_path: Path) -> None:
+    config = tmp_path / "competition.toml"
+    config.write_text('[entries.my_lstm.hparams]\nlr = 0.002\ntied = true\nname = "small"\n')
+    competition = load_competition(config)
+    assert competition.official_hparams("my_lstm") == {"lr": 0.002, "tied": True, "name": "small"}
+    assert competition.official_hparams("other") == {}
+    # spelt as --hparam would spell them, so they are typed and checked against the entry's schema
+    assert competition.pinned_pairs("my_lstm") == ["lr=0.002", "tied=true", "name=small"]
+    assert competition.as_dict()["pinned_hparams"] == {"my_lstm": {"lr": 0.002, "tied": True, "name": "small"}}
+
+
+def test_a_pin_the_entry_does_not_have_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    from tests.conftest import make_project, run_cli
+
+    project = make_project(tmp_path)
+    (project / "competition.toml").write_text("[entries.unigram.hparams]\nnope = 1\n")
+    result = run_cli("run", "unigram", cwd=project)
+    assert result.code == 2 and "entry 'unigram' has no hyper-parameter 'nope'" in result.stderr

@@ -142,3 +142,20 @@ def test_training_in_the_background_while_scoring_is_caught(tmp_path: Path) -> N
     ''', hparams={"max_steps": 2})
     assert result.status is RunStatus.INVALID, result.reason
     assert result.failure in (FailureKind.WEIGHTS_MODIFIED, FailureKind.CAUSALITY_VIOLATION)
+
+
+def test_an_entry_may_validate_at_every_epoch_end_and_choose_its_windows(tmp_path: Path) -> None:
+    result = run(tmp_path, '''
+        class E(Base):
+            validate_every_epoch = True
+            def setup(self, ctx):
+                super().setup(ctx)
+                self.lengths = iter([10, 30] * 1000)
+            def next_seq_len(self):
+                return next(self.lengths)  # variable BPTT: the stream still continues row by row
+    ''', evals=3, hparams={"max_epochs": 2})
+    assert result.status is RunStatus.OK, result.reason
+    per_row = 4_000 // 4
+    # A pass at the end of every epoch but the last, which the final scoring takes the place of.
+    assert [point["tokens"] for point in result.curve] == [4 * per_row]
+    assert result.tokens == 2 * 4 * per_row and result.steps == 2 * (per_row // 40) * 2  # windows of 10, 30, 10...

@@ -16,6 +16,8 @@ from harness.errors import RunStatus
 from harness.site import SiteOptions, build_site, entry_filename
 from harness.store import CurvePoint, Run, Store
 
+OFFICIAL = {"options": {"evals": 10}}  # what `harness run` records: the competition's default cadence
+EXPLORED_PPL = 42.5  # better than every entry, but of a 60 s budget or a changed lr: never ranked
 HOSTILE_NAME = '<script>window.pwned = true</script><img src=x onerror="window.pwned = true">'
 ENTRIES = {  # entry: (test ppl per seed, params, valid ppl offset)
     "alpha": ([101.0, 103.0, 102.0], 4_000_000),
@@ -37,7 +39,7 @@ def make_database(path: Path) -> Store:
                     source="import torch\n\nclass Model:\n    pass\n", display_name=entry.title(), authors="Ada",
                     description=f"The {entry} model", track="causal", division="cpu", hparams={"lr": 0.1},
                     hparam_overrides={}, seed=seed, device="cpu", budget_seconds=600, memory_limit_bytes=2**33,
-                    eval_protocol={}, data_checksums={}, harness_version="0", status="ok",
+                    config=OFFICIAL, eval_protocol={}, data_checksums={}, harness_version="0", status="ok",
                     valid_ppl=ppl + 7, test_ppl=ppl, valid_tokens=73_760, test_tokens=82_430,
                     test_sentence_nll=sentences.astype("<f4").tobytes(),
                     valid_sentence_nll=sentences.astype("<f4").tobytes(), param_count=params,
@@ -56,7 +58,8 @@ def make_database(path: Path) -> Store:
             session.add(Run(
                 entry=entry, entry_kind="submission", entry_path=f"/{entry}.py", source_hash=entry * 4, source="x = 1\n",
                 display_name=entry, track="causal", division="cpu", hparams={}, hparam_overrides={}, seed=0,
-                device="cpu", budget_seconds=600, memory_limit_bytes=2**33, eval_protocol={}, data_checksums={},
+                device="cpu", budget_seconds=600, memory_limit_bytes=2**33, config=OFFICIAL, eval_protocol={},
+                data_checksums={},
                 harness_version="0", status=status, failure=failure, reason=reason,
                 traceback="Traceback (most recent call last):\nValueError: boom", log_tail="step 1\nstep 2\n",
                 started_at=started, ended_at=started + dt.timedelta(minutes=3)))
@@ -64,10 +67,18 @@ def make_database(path: Path) -> Store:
             entry="hostile", entry_kind="submission", entry_path="/hostile.py", source_hash="h" * 64,
             source="# </pre><script>window.pwned = true</script>\n", display_name=HOSTILE_NAME, authors=HOSTILE_NAME,
             description="<b>bold?</b> " + HOSTILE_NAME, track="causal", division="cpu", hparams={"x": HOSTILE_NAME},
-            hparam_overrides={}, seed=0, device="cpu", budget_seconds=600, memory_limit_bytes=2**33, eval_protocol={},
-            data_checksums={}, harness_version="0", status="ok", valid_ppl=500.0, test_ppl=490.0, valid_tokens=73_760,
+            hparam_overrides={}, seed=0, device="cpu", budget_seconds=600, memory_limit_bytes=2**33, config=OFFICIAL,
+            eval_protocol={}, data_checksums={}, harness_version="0", status="ok", valid_ppl=500.0, test_ppl=490.0, valid_tokens=73_760,
             test_tokens=82_430, param_count=10, tokens_trained=10, train_seconds=1.0, peak_memory_bytes=2**28,
             started_at=started, ended_at=started + dt.timedelta(days=5), reason=HOSTILE_NAME))
+        for budget, overrides in ((60.0, {}), (600.0, {"lr": 0.5})):  # alpha explored: never ranked
+            session.add(Run(
+                entry="alpha", entry_kind="submission", entry_path="/alpha.py", source_hash="alpha" * 4,
+                source="import torch\n", display_name="Alpha", track="causal", division="cpu", hparams={"lr": 0.1},
+                hparam_overrides=overrides, seed=0, device="cpu", budget_seconds=budget, memory_limit_bytes=2**33,
+                config=OFFICIAL, eval_protocol={}, data_checksums={}, harness_version="0", status="ok",
+                valid_ppl=EXPLORED_PPL, test_ppl=EXPLORED_PPL, valid_tokens=73_760, test_tokens=82_430,
+                started_at=started, ended_at=started + dt.timedelta(hours=1)))
     return store
 
 
@@ -205,3 +216,61 @@ def test_serve_previews_the_site_on_localhost(built: dict[str, Path]) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def ranking_rows(driver) -> list[tuple[str, str, str, float]]:
+    """(row class, rank cell, name, score) of each row of the causal ranking, in page order."""
+    from selenium.webdriver.common.by import By
+
+    rows = []
+    for row in driver.find_elements(By.CSS_SELECTOR, "#ranking-causal-cpu tbody tr"):
+        cells = row.find_elements(By.TAG_NAME, "td")
+        score = cells[3].get_attribute("data-value")
+        name = cells[1].find_element(By.CSS_SELECTOR, ".name").get_attribute("textContent")
+        rows.append((row.get_attribute("class"), cells[0].get_attribute("textContent"), name, float(score)))
+    return rows
+
+
+def test_browser_references_sit_where_their_score_puts_them(built: dict[str, Path], browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get((built["final"] / "index.html").as_uri())
+    rows = ranking_rows(browser)
+    scores = [score for _, _, _, score in rows]
+    assert scores == sorted(scores)  # test perplexity, references interleaved (none without a figure sorts before)
+    names = [name for _, _, name, _ in rows]
+    assert names.index("Alpha") < names.index("LSTM small, no dropout (Zaremba et al. 2014)") \
+        < names.index("Charlie") < names.index("Bravo") < names.index("KN-5 (interpolated modified Kneser-Ney)")
+    references = [row for row in rows if row[0] == "reference"]
+    assert len(references) == 9 and all(rank == "—" for _, rank, _, _ in references)
+    badges = browser.find_elements(By.CSS_SELECTOR, "#ranking-causal-cpu tr.reference .badge.ref")
+    assert len(badges) == 9 and all("published, not run here" in b.get_attribute("title") for b in badges)
+    assert [rank for kind, rank, _, _ in rows if kind == "entry-row"] == ["1", "2", "3", "4"]
+    assert EXPLORED_PPL not in scores  # alpha's exploration runs are on its page, not in the ranking
+    rank = browser.find_elements(By.CSS_SELECTOR, "#ranking-causal-cpu thead th")[0]
+    rank.click()
+    assert [name for _, _, name, _ in ranking_rows(browser)] == names[::-1]
+    rank.click()  # back to rank order: each reference after the entry above it again
+    assert [name for _, _, name, _ in ranking_rows(browser)] == names
+
+
+def test_entry_page_lists_exploration_runs_with_what_differs(built: dict[str, Path], browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get((built["final"] / "entries" / entry_filename("alpha")).as_uri())
+    cells = [row.find_elements(By.TAG_NAME, "td") for row in browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")]
+    configuration = {int(c[0].text): c[3].text for c in cells}
+    assert len(configuration) == 5
+    assert list(configuration.values()).count("official (ranked)") == 3
+    assert "exploration: budget 60 (official 600)" in configuration.values()
+    assert "exploration: hparams lr=0.5" in configuration.values()
+    index = (built["final"] / "index.html").read_text()
+    assert f"{EXPLORED_PPL:.2f}" not in index and "102.00" in index  # alpha: the mean of its three official seeds
+
+
+def test_entry_pages_are_unique_and_stable_whatever_the_name() -> None:
+    names = ["kn5", "submissions/kn5", "submissions_kn5", "a b", "a_b", "<x>", "_x_"]
+    files = [entry_filename(name) for name in names]
+    assert len(set(files)) == len(names)
+    assert files == [entry_filename(name) for name in names]
+    assert entry_filename("kn5") == "kn5.html"

@@ -50,7 +50,7 @@ def walk(root: Any) -> Iterator[tuple[str, Any]]:
                 yield from visit(f"{name}.{key}", item, depth + 1)
 
     for key, value in sorted(vars(root).items()):
-        if key != "hparams":
+        if key != "hparams" and not key.startswith("_"):  # _names are the entry's scratch
             yield from visit(key, value, 1)
 
 

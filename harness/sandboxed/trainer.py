@@ -58,7 +58,8 @@ class Trainer:
         hparams = build_hparams(cls.Hparams, self.spec["hparams"])
         self.wire.send({"type": "hparams", "values": _jsonable(dataclasses.asdict(hparams)),
                         "batch_size": hparams.batch_size, "seq_len": hparams.seq_len,
-                        "max_steps": hparams.max_steps, "max_epochs": hparams.max_epochs})
+                        "max_steps": hparams.max_steps, "max_epochs": hparams.max_epochs,
+                        "validate_every_epoch": bool(getattr(cls, "validate_every_epoch", False))})
         context, _ = self.wire.receive()
         entry: Entry = call_entry("runtime_error", f"{cls.__name__}()", cls)
         entry.hparams = hparams
