@@ -89,6 +89,11 @@ class RayCluster:
                 found.append(process)
         return found
 
+    def running_tasks(self) -> list[int]:
+        """Pids of Ray workers executing a run (Ray names the process after the task)."""
+        return [p.pid for p in psutil.process_iter(["cmdline"])
+                if "ray::_run_on_node" in " ".join(p.info.get("cmdline") or [])]
+
     def kill_node(self, resource: str) -> int:
         """SIGKILL the raylet of the node(s) declaring `resource` (the node dies; its workers follow)."""
         raylets = self.raylets(resource)

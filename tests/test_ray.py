@@ -5,6 +5,7 @@ retried elsewhere; two drivers on one database share the work. Slow: real PTB da
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -130,6 +131,32 @@ def test_a_node_killed_mid_run_leaves_it_interrupted_and_it_is_retried(cluster: 
     assert node in lost.reason and "died mid-run" in lost.reason
     assert retried.node != node and retried.node is not None
     assert "(retry)" in err
+
+
+def test_ctrl_c_cancels_the_placed_runs_and_records_them_interrupted(cluster: RayCluster, tmp_path: Path,
+                                                                     env: dict[str, str]) -> None:
+    project = make_project(project_folder(tmp_path), slow_counter=ENTRIES / "slow_counter.py")
+    db = str(tmp_path / "runs.sqlite")
+    driver = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "slow_counter", "--hparam", "pause=1",
+                               "--budget", "60", *SHORT[2:], "--db", db, "--executor", "ray",
+                               "--ray-address", cluster.address],
+                              cwd=project, env={**cluster.env, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        node = wait_for_placement(db, driver)
+        time.sleep(1)
+        driver.send_signal(signal.SIGINT)
+        _, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, err
+    [run] = Store(db, read_only=True).runs()
+    assert (run.status, run.node) == ("interrupted", node) and "interrupted" in run.reason
+    deadline = time.monotonic() + 30  # the task was cancelled with force: its worker and sandboxes are gone
+    while cluster.running_tasks() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert cluster.running_tasks() == []
 
 
 def wait_for_placement(db: str, driver: subprocess.Popen, timeout: float = 120) -> str:
