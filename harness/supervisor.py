@@ -8,6 +8,7 @@ and a submission that takes a reserved or duplicate name fails alone.
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
