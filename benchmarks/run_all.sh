@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-for script in loop_overhead scoring_throughput pass_overhead run_overhead results_speed results_pg site_speed; do
+for script in loop_overhead scoring_throughput pass_overhead run_overhead results_speed results_pg site_speed ray_overhead; do
   echo "== benchmarks/$script.py"
   python -m "benchmarks.$script"
   echo

@@ -24,6 +24,7 @@ import harness
 from harness.budget import RunLimits, format_bytes, parse_memory
 from harness.config import load_competition
 from harness.data import DataSource, load_corpus
+from harness.executors import make_executor
 from harness.entries import EntrySource, discover, parse_overrides, select, static_metadata
 from harness.errors import ConfigError, EntryError, FailureKind, HarnessError, RunStatus, StoreError, redact_url
 from harness.store import Store
@@ -120,11 +121,17 @@ def main() -> None:
               help="Isolate each run with bubblewrap (auto: when it works here).")
 @click.option("--site/--no-site", "with_site", default=True, show_default=True,
               help="After --all, rebuild the static site into ./site.")
+@click.option("--executor", "executor_name", type=click.Choice(["local", "ray"]),
+              help="Where runs execute: local (one after another here) or ray (one Ray task each, "
+                   "concurrently) [default: the config's [cluster] executor, else local].")
+@click.option("--ray-address", metavar="ADDR",
+              help="Ray cluster for --executor ray, e.g. 10.0.0.1:6379 [default: the config's, else "
+                   "RAY_ADDRESS, else auto].")
 def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str | None, device: str,
         division_name: str | None, seed: int, seeds: int | None, hparams: tuple[str, ...], threads: int | None,
         evals: str, dry_run: bool, force: bool, retry_failed: bool, config_path: str | None, data_dir: str | None,
         db: str, runs_dir: str, submissions: str, baselines: str, as_json: bool, sandbox: str,
-        with_site: bool) -> None:
+        with_site: bool, executor_name: str | None, ray_address: str | None) -> None:
     """Train and score entries (NAMES, or paths to .py files), each in its own process.
 
     A result is reused when a finished run has the same key (entry source, hyper-parameters, seed,
@@ -134,9 +141,11 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
         if bool(names) == run_all:
             raise click.UsageError("give entry NAMES or --all (not both)")
         competition = load_competition(config_path)
+        executor_name = executor_name or competition.executor
         if division_name and device == "auto":
             device = competition.division_for("", division_name).device
-        chosen_device = resolve_device(device)
+        # On a cluster the nodes have the GPUs, not necessarily the driver.
+        chosen_device = device if executor_name == "ray" and device != "auto" else resolve_device(device)
         division = competition.division_for(chosen_device, division_name)
         if division.device != chosen_device:
             raise ConfigError(f"division {division.name!r} is for {division.device}, not {chosen_device}")
@@ -170,20 +179,22 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
             click.echo(f"marked {abandoned} run(s) left unfinished by a stopped harness as interrupted", err=True)
         corpus = load_corpus(source)
         requests = [RunRequest(entry=entry, hparams=overrides.get(entry.name, {}), seed=run_seed,
-                               device=chosen_device, threads=threads or os.cpu_count() or 1,
-                               limits=limits, division=division.name, config=config, problem=entry.problem)
+                               device=chosen_device, threads=threads or os.cpu_count() or 1, limits=limits,
+                               division=division.name, config=config, problem=entry.problem,
+                               hardware=_hardware_class(division, executor_name))
                     for entry in entries for run_seed in seed_list]
         plan = make_plan(store, requests, dict(corpus.checksums), reuse)
         click.echo(plan.describe(division.name), err=True)
         if dry_run:
             return
         view = ProgressView(as_json, plan)
-        outcomes: list[RunOutcome] = []
-        with Supervisor(store, corpus, Path(runs_dir), on_event=view.on_event, confinement=confinement) as supervisor:
-            for request in requests:
-                outcome = supervisor.run_or_reuse(request, reuse)
-                if outcome is not None:
-                    outcomes.append(outcome)
+        executor = make_executor(executor_name, confinement, Path(runs_dir),
+                                 ray_address or competition.ray_address, sandbox)
+        with Supervisor(store, corpus, Path(runs_dir), on_event=view.on_event, confinement=confinement,
+                        executor=executor) as supervisor:
+            if executor.name != "local":
+                click.echo(f"runs placed on {executor.describe()}", err=True)
+            outcomes = supervisor.run_all(requests, reuse)
         view.summary(outcomes, db)
         if run_all and with_site:
             written = _build_site(store, Path("site"), None, config_path, None,
@@ -191,6 +202,16 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
             click.echo(f"site rebuilt: {len(written)} files in site/", err=True)
         if any(outcome.status is not RunStatus.OK for outcome in outcomes):
             sys.exit(EXIT_RUN_FAILED)
+
+
+def _hardware_class(division: Any, executor: str) -> str | None:
+    """The hardware class in the run keys: the division's declared one; else this machine's, except
+    for CUDA runs placed on a cluster, whose GPUs the driver may not have: keyed by the division."""
+    if division.hardware:
+        return division.hardware
+    if executor == "ray" and division.device == "cuda":
+        return f"division:{division.name}"
+    return None
 
 
 def _evals(value: str, competition_evals: int, seconds: float, division_seconds: float) -> int:
@@ -292,6 +313,8 @@ class ProgressView:
         self.budget = 0.0
         self.last_draw = 0.0
         self.valid_ppl: float | None = None
+        self.placed = False
+        self.nodes: dict[int, str] = {}
 
     def on_event(self, event: dict[str, Any]) -> None:
         kind = event["type"]
@@ -300,8 +323,12 @@ class ProgressView:
             self.current_estimate = self._estimate(event["entry"])
             self.run_began = time.monotonic()
             self.budget, self.valid_ppl = float(event["budget"]), None
+            self.placed = event.get("executor", "local") != "local"
+            retry = " (retry)" if event.get("attempt", 1) > 1 else ""
             click.echo(f"run {self.started} of {self.total} (id {event['run_id']}): {event['entry']} "
-                       f"(budget {self.budget:.0f} s; about {_clock(self.left_seconds)} left in all)", err=True)
+                       f"(budget {self.budget:.0f} s; about {_clock(self.left_seconds)} left in all){retry}", err=True)
+        elif self.placed and kind in ("placed", "phase", "curve", "progress"):
+            self._placed_line(event)
         elif kind == "curve":
             self.valid_ppl = event.get("valid_ppl")
             self._draw({**event, "phase": "validation"}, force=True)
@@ -310,7 +337,7 @@ class ProgressView:
         elif kind in ("run_finished", "run_reused"):
             if kind == "run_finished":
                 self.left_seconds = max(0.0, self.left_seconds - self.current_estimate)
-                if self.tty:
+                if self.tty and not self.placed:
                     click.echo("", err=True)
             prefix = "reused " if kind == "run_reused" else ""
             line = prefix + _outcome_line(event)
@@ -325,6 +352,26 @@ class ProgressView:
 
     def _estimate(self, entry: str) -> float:
         return next((run.seconds for run in self.plan.to_run if run.request.entry.name == entry), 0.0)
+
+    def _placed_line(self, event: dict[str, Any]) -> None:
+        """Runs out at once on a cluster: one plain line per event, naming its run, node and phase
+        (a redrawn bar would mix the runs)."""
+        run = f"run {event['run_id']} ({event['entry']})"
+        kind = event["type"]
+        if kind == "placed":
+            self.nodes[event["run_id"]] = event["node"]
+            click.echo(f"{run}: placed on {event['node']}", err=True)
+            return
+        where = self.nodes.get(event["run_id"], "?")
+        if kind == "phase":
+            click.echo(f"{run} on {where}: {event['phase']}", err=True)
+        elif kind == "curve":
+            click.echo(f"{run} on {where}: valid ppl {event['valid_ppl']:.1f} at {event['train_seconds']:.0f} s",
+                       err=True)
+        elif self.tty or time.monotonic() - self.last_draw > 10:  # progress: sparse unless on a terminal
+            self.last_draw = time.monotonic()
+            click.echo(f"{run} on {where}: {event.get('phase', 'training')}, step {event.get('step')}, "
+                       f"{float(event.get('train_seconds') or 0):.0f} s", err=True)
 
     def _draw(self, event: dict[str, Any], force: bool) -> None:
         now = time.monotonic()

@@ -18,6 +18,10 @@ value of the wrong type is an error that names the key.
     [entries.my_lstm.hparams]   # optional: pin an entry's official hyper-parameters
     lr = 0.002
 
+    [cluster]             # where runs execute (see harness/executors.py)
+    executor = "local"    # local: one after another here; ray: one Ray task per run
+    ray_address = "auto"  # the Ray cluster for executor = "ray" (default: RAY_ADDRESS, else auto)
+
 An entry's official configuration in a division is its current source, its declared
 hyper-parameters (with the pinned ones applied), the division's budget and memory, and `evals`;
 only runs of exactly that configuration are ranked (see `harness.results`).
@@ -39,6 +43,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 PHASES = ("open", "final")
+EXECUTORS = ("local", "ray")
 TRACKS = ("causal", "mlm")
 DEFAULT_CONFIG_FILE = "competition.toml"
 
@@ -49,6 +54,9 @@ class Division:
     device: str
     budget: float
     memory: str
+    hardware: str | None = None
+    """The hardware class its runs are keyed by, e.g. "cuda:NVIDIA H100 80GB HBM3" [default: the
+    driver's own CPU or GPU]. Declare it when runs execute elsewhere (--executor ray)."""
 
     @property
     def memory_bytes(self) -> int:
@@ -68,6 +76,8 @@ class Competition:
     })
     pinned_hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
     """entry name -> hyper-parameters its official runs use instead of the declared defaults."""
+    executor: str = "local"
+    ray_address: str | None = None
     source: str = "built-in defaults"
 
     def official_hparams(self, entry: str) -> dict[str, Any]:
@@ -90,7 +100,7 @@ class Competition:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "phase": self.phase, "seeds": self.seeds, "evals": self.evals,
-                "tracks": list(self.tracks), "source": self.source,
+                "tracks": list(self.tracks), "source": self.source, "executor": self.executor,
                 "divisions": {k: vars(v) for k, v in self.divisions.items()},
                 "pinned_hparams": {k: dict(v) for k, v in self.pinned_hparams.items()}}
 
@@ -98,9 +108,11 @@ class Competition:
 _COMPETITION_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str, "phase": str, "seeds": int, "evals": int, "tracks": list,
 }
+_CLUSTER_KEYS: dict[str, type | tuple[type, ...]] = {"executor": str, "ray_address": str}
 _DIVISION_KEYS: dict[str, type | tuple[type, ...]] = {
-    "device": str, "budget": (int, float), "memory": str,
+    "device": str, "budget": (int, float), "memory": str, "hardware": str,
 }
+_OPTIONAL_DIVISION_KEYS = {"hardware"}
 
 
 def load_competition(path: str | Path | None) -> Competition:
@@ -121,25 +133,27 @@ def load_competition(path: str | Path | None) -> Competition:
 
 
 def parse_competition(raw: dict[str, Any], source: str) -> Competition:
-    unknown = set(raw) - {"competition", "divisions", "entries"}
+    unknown = set(raw) - {"competition", "divisions", "entries", "cluster"}
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {', '.join(sorted(unknown))}; "
-                          "expected [competition], [divisions.NAME], [entries.NAME.hparams]")
+                          "expected [competition], [divisions.NAME], [entries.NAME.hparams], [cluster]")
     settings = _checked(raw.get("competition", {}), _COMPETITION_KEYS, f"{source} [competition]")
     competition = replace(Competition(), source=source, **{
         key: tuple(value) if key == "tracks" else value for key, value in settings.items()
     })
+    if "cluster" in raw:
+        competition = replace(competition, **_checked(raw["cluster"], _CLUSTER_KEYS, f"{source} [cluster]"))
     if "divisions" in raw:
         divisions = {}
         for name, table in raw["divisions"].items():
             where = f"{source} [divisions.{name}]"
             values = _checked(table, _DIVISION_KEYS, where)
-            missing = set(_DIVISION_KEYS) - set(values)
+            missing = set(_DIVISION_KEYS) - _OPTIONAL_DIVISION_KEYS - set(values)
             if missing:
                 raise ConfigError(f"{where}: missing key(s) {', '.join(sorted(missing))}")
             parse_memory(values["memory"])
             divisions[name] = Division(name=name, device=values["device"], budget=float(values["budget"]),
-                                       memory=values["memory"])
+                                       memory=values["memory"], hardware=values.get("hardware"))
         competition = replace(competition, divisions=divisions)
     if "entries" in raw:
         competition = replace(competition, pinned_hparams=_pinned_hparams(raw["entries"], source))
@@ -187,6 +201,9 @@ def _checked(table: Any, schema: dict[str, type | tuple[type, ...]], where: str)
 def _validate(competition: Competition, source: str) -> None:
     if competition.phase not in PHASES:
         raise ConfigError(f"{source}: phase must be one of {', '.join(PHASES)}, got {competition.phase!r}")
+    if competition.executor not in EXECUTORS:
+        raise ConfigError(f"{source} [cluster]: executor must be one of {', '.join(EXECUTORS)}, "
+                          f"got {competition.executor!r}")
     if competition.seeds < 1:
         raise ConfigError(f"{source}: seeds must be at least 1, got {competition.seeds}")
     if competition.evals < 0:

@@ -9,7 +9,8 @@ and a submission that takes a reserved or duplicate name fails alone.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from harness.budget import RunLimits
 from harness.data import Corpus
 from harness.entries import EntrySource, static_metadata
 from harness.errors import FailureKind, RunStatus
-from harness.execution import RunData, RunResult, RunSpec, execute_run
+from harness.execution import RunData, RunResult, RunSpec
+from harness.executors import Executor, Finished, Job, LocalExecutor
 from harness.provenance import cpu_model, hardware_fingerprint, harness_git_commit, run_key
 from harness.sandbox import Confinement
 from harness.scoring import EvalProtocol, MaskedScore, SplitScore
@@ -51,13 +53,18 @@ class RunRequest:
     disk_bytes: int = 2**30
     problem: str | None = None
     """Set when the entry may not run at all (a reserved or duplicate name): it fails alone."""
+    hardware: str | None = None
+    """The hardware class in the key (a division's declared one); None: this machine's CPU or GPU."""
+
+    def hardware_class(self) -> str:
+        return self.hardware or hardware_fingerprint(self.device)
 
     def key(self, data_checksums: dict[str, str]) -> str:
         """Everything that determines the result; runs with equal keys are interchangeable."""
         return run_key(
             entry=self.entry.name, source_hash=self.entry.source_hash, hparams=self.hparams, seed=self.seed,
             budget=self.limits.seconds, memory=self.limits.memory_bytes, evals=self.limits.evals,
-            device=self.device, hardware=hardware_fingerprint(self.device), data=data_checksums,
+            device=self.device, hardware=self.hardware_class(), data=data_checksums,
             protocol=asdict(self.protocol), harness=harness.__version__,
         )
 
@@ -77,7 +84,7 @@ class RunRequest:
             budget_seconds=self.limits.seconds, memory_limit_bytes=self.limits.memory_bytes,
             eval_protocol=asdict(self.protocol), data_checksums=dict(data_checksums),
             harness_version=harness.__version__, git_commit=harness_git_commit(), division=self.division,
-            hardware=hardware_fingerprint(self.device), config=self.config, display_name=meta["name"],
+            hardware=self.hardware_class(), config=self.config, display_name=meta["name"],
             authors=meta["authors"], description=meta["description"], track=meta["track"],
         )
 
@@ -102,19 +109,27 @@ class RunOutcome:
 
 
 class Supervisor:
-    """Runs requests one after another, each through `execute_run`, recording each in the store."""
+    """Claims runs in the store, hands them to an executor, records what comes back.
+
+    The executor (default: `LocalExecutor`, one run after another in this process) only places
+    `execute_run` calls; this driver alone claims runs and writes the database. It keeps as many
+    runs claimed and out as the executor can hold at once, so several drivers on one database share
+    the work: each claims the next runs only when it can start them.
+    """
 
     def __init__(self, store: Store, corpus: Corpus, runs_dir: Path, on_event: EventSink | None = None,
-                 confinement: Confinement = Confinement()) -> None:
+                 confinement: Confinement = Confinement(), executor: Executor | None = None) -> None:
         self.store = store
         self.corpus = corpus
         self.data = RunData.from_corpus(corpus)
         self.runs_dir = runs_dir.resolve()
         self.confinement = confinement
         self.on_event = on_event or (lambda event: None)
+        self.executor = executor or LocalExecutor(confinement, self.runs_dir)
+        self.executor.start(self.data)
 
     def close(self) -> None:
-        return None
+        self.executor.close()
 
     def __enter__(self) -> Supervisor:
         return self
@@ -127,41 +142,30 @@ class Supervisor:
 
         Returns None when another live harness process is running this key right now.
         """
-        checksums = dict(self.corpus.checksums)
-        action, found = self.store.claim_run(request.key(checksums), reuse, **request.row_fields(checksums))
-        if action == "reuse":
-            outcome = outcome_of(found)
-            self.on_event({"type": "run_reused", **outcome.as_dict(), "seed": request.seed})
-            return outcome
-        if action == "busy":
-            self.on_event({"type": "run_busy", "run_id": found.id, "entry": request.entry.name,
-                           "pid": found.runner_pid, "seed": request.seed})
-            return None
-        return self.run(request, found)
+        outcomes = self.run_all([request], reuse)
+        return outcomes[0] if outcomes else None
 
     def run(self, request: RunRequest, run_id: int | None = None) -> RunOutcome:
         """Run one request to its end; `run_id` is a row already claimed for it (else one is made)."""
-        checksums = dict(self.corpus.checksums)
         if run_id is None:
-            run_id = self.store.start_run(run_key=request.key(checksums), **request.row_fields(checksums))
-        self.on_event({"type": "run_started", "run_id": run_id, "entry": request.entry.name,
-                       "budget": request.limits.seconds})
-        if request.problem:
-            return self.record(run_id, request, RunResult(RunStatus.FAILED, FailureKind.CONTRACT_VIOLATION,
-                                                          request.problem))
-        events = _LiveEvents(self, run_id, request)
-        try:
-            result = execute_run(request.spec(), self.data, self.confinement, self.runs_dir / str(run_id),
-                                 events)
-        except BaseException:  # Ctrl-C or the supervisor failing: never leave the run `running`
-            self.store.finish_run(run_id, RunStatus.INTERRUPTED, failure=FailureKind.INTERRUPTED.value,
-                                  reason="the harness was interrupted while this run was in progress",
-                                  **events.partial())
-            raise
-        return self.record(run_id, request, result)
+            run_id = self.store.start_run(run_key=request.key(dict(self.corpus.checksums)),
+                                          **request.row_fields(dict(self.corpus.checksums)))
+        return _Dispatch(self, [], frozenset()).run_claimed(request, run_id)
 
-    def record(self, run_id: int, request: RunRequest, result: RunResult) -> RunOutcome:
+    def run_all(self, requests: Iterable[RunRequest], reuse: frozenset[str]) -> list[RunOutcome]:
+        """Every request reused, left to another driver, or run through the executor; outcomes in
+        the order runs ended (reused ones when claimed). Ctrl-C records every run out `interrupted`."""
+        return _Dispatch(self, list(requests), reuse).drive()
+
+    def record(self, run_id: int, request: RunRequest, result: RunResult, node: str | None = None,
+               node_environment: dict[str, Any] | None = None) -> RunOutcome:
         fields = result_fields(result, request.device)
+        if node is not None:
+            fields["node"] = node
+        if node_environment:  # where a placed run actually ran, beside the hardware class in its key
+            fields["environment"] = {**fields.get("environment", {}), **node_environment}
+            if request.device == "cpu" and node_environment.get("node_cpu"):
+                fields["device_name"] = node_environment["node_cpu"]  # the node's CPU, not the driver's
         if result.ok:
             self._save_token_nll(run_id, result)
         self.store.finish_run(run_id, result.status, **fields)
@@ -182,6 +186,96 @@ class Supervisor:
                 np.save(folder / f"{score.split}_token_nll.npy", score.token_nll.astype(np.float32))
 
 
+class _Dispatch:
+    """One `run_all`: claims up to the executor's capacity, records runs as they end, retries a run
+    whose node died once, and on any exception (Ctrl-C) records every run still out `interrupted`."""
+
+    def __init__(self, supervisor: Supervisor, requests: list[RunRequest], reuse: frozenset[str]) -> None:
+        self.supervisor, self.store, self.executor = supervisor, supervisor.store, supervisor.executor
+        self.pending: deque[tuple[RunRequest, int]] = deque((request, 1) for request in requests)
+        self.reuse = reuse
+        self.checksums = dict(supervisor.corpus.checksums)
+        self.out: dict[int, tuple[RunRequest, _LiveEvents]] = {}
+        self.outcomes: list[RunOutcome] = []
+
+    def drive(self) -> list[RunOutcome]:
+        try:
+            while self.pending or self.out:
+                self._fill()
+                if self.out:
+                    self._finish(self.executor.next_finished())
+        except BaseException:
+            self._interrupt_all()
+            raise
+        return self.outcomes
+
+    def run_claimed(self, request: RunRequest, run_id: int) -> RunOutcome:
+        try:
+            self._start(request, run_id, 1)
+            if self.out:
+                self._finish(self.executor.next_finished())
+        except BaseException:
+            self._interrupt_all()
+            raise
+        return self.outcomes[-1]
+
+    def _capacity(self, request: RunRequest) -> int:
+        return self.executor.capacity(request.division or request.device, request.device, request.threads)
+
+    def _fill(self) -> None:
+        """Claim and submit runs while the executor has room for them."""
+        while self.pending and len(self.out) < self._capacity(self.pending[0][0]):
+            request, attempt = self.pending.popleft()
+            action, found = self.store.claim_run(request.key(self.checksums), self.reuse,
+                                                 **request.row_fields(self.checksums))
+            if action == "reuse":
+                outcome = outcome_of(found)
+                self.supervisor.on_event({"type": "run_reused", **outcome.as_dict(), "seed": request.seed})
+                self.outcomes.append(outcome)
+            elif action == "busy":
+                self.supervisor.on_event({"type": "run_busy", "run_id": found.id, "entry": request.entry.name,
+                                          "pid": found.runner_pid, "holder": getattr(found, "lease_holder", None),
+                                          "seed": request.seed})
+            else:
+                self._start(request, found, attempt)
+
+    def _start(self, request: RunRequest, run_id: int, attempt: int) -> None:
+        self.supervisor.on_event({"type": "run_started", "run_id": run_id, "entry": request.entry.name,
+                                  "budget": request.limits.seconds, "executor": self.executor.name,
+                                  "attempt": attempt})
+        if request.problem:
+            self.outcomes.append(self.supervisor.record(
+                run_id, request, RunResult(RunStatus.FAILED, FailureKind.CONTRACT_VIOLATION, request.problem)))
+            return
+        events = _LiveEvents(self.supervisor, run_id, request)
+        self.out[run_id] = (request, events)
+        self.executor.submit(Job(run_id, request.spec(), request.division or request.device, events, attempt))
+
+    def _finish(self, done: Finished) -> None:
+        request, events = self.out.pop(done.job.run_id)
+        result = done.result
+        retry = done.node_lost and done.job.attempt == 1
+        if done.node_lost:
+            result.steps = result.steps or events.partial()["steps"] or 0
+            if retry:
+                self.pending.appendleft((request, done.job.attempt + 1))
+            else:  # a second loss: left failed, not retried again
+                result.status = RunStatus.FAILED
+                result.reason = f"{result.reason}; it was already a retry, so it is not retried again"
+        outcome = self.supervisor.record(done.job.run_id, request, result, done.node, done.environment)
+        if not retry:  # a retried attempt stays recorded `interrupted`; the request's outcome is its retry's
+            self.outcomes.append(outcome)
+
+    def _interrupt_all(self) -> None:
+        """Cancel every run still out and record it `interrupted` (never leave one `running`)."""
+        for job in self.executor.cancel_all():
+            claimed = self.out.pop(job.run_id, None)
+            partial = claimed[1].partial() if claimed else {}
+            self.store.finish_run(job.run_id, RunStatus.INTERRUPTED, failure=FailureKind.INTERRUPTED.value,
+                                  reason="the harness was interrupted while this run was in progress",
+                                  node=job.node, **partial)
+
+
 class _LiveEvents:
     """Forwards a run's events to the user and keeps the curve in the store as it grows."""
 
@@ -190,6 +284,8 @@ class _LiveEvents:
         self.last: dict[str, Any] = {}
 
     def __call__(self, event: dict[str, Any]) -> None:
+        if event["type"] == "placed":  # the run has a node now: a node lost later is named by it
+            self.supervisor.store.update_run(self.run_id, node=event["node"])
         if event["type"] == "curve":
             point = {k: event[k] for k in ("train_seconds", "steps", "tokens", "valid_ppl")}
             self.supervisor.store.add_curve_point(self.run_id, **point)

@@ -1,0 +1,353 @@
+"""Executors: where the `execute_run` calls of a `harness run` happen.
+
+The driver (harness.supervisor) alone claims runs and writes the database; an executor only places
+`execute_run(spec, data, ...)` calls and hands back their `RunResult`s, with the node each ran on.
+
+- `LocalExecutor` (the default): one run after another, in this process, as the harness always did.
+- `RayExecutor`: each run is one Ray task on a cluster (`--executor ray --ray-address ADDR`). The
+  task asks for the run's threads as `num_cpus`, one GPU on a CUDA division, the memory budget as
+  `memory`, and the custom resource `division:NAME`, so a division's runs land only on nodes that
+  declare it (`ray start --resources '{"division:cpu": 4}'`: four runs of that division at once).
+  The token ids are put once in the object store; the node re-checks their digest, resolves its
+  own sandbox, runs in a temporary directory and streams back its placement, its phases and then
+  the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import socket
+import tempfile
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.errors import ConfigError, DataError, FailureKind, RunStatus
+from harness.execution import RunData, RunResult, RunSpec, execute_run
+from harness.provenance import cpu_model, hardware_fingerprint
+from harness.sandbox import Confinement, resolve_confinement
+
+EventSink = Callable[[dict[str, Any]], None]
+EXECUTORS = ("local", "ray")
+PROGRESS_EVERY_SECONDS = 1.0
+"""A placed run streams at most one progress event a second (phase changes and curve points always)."""
+CAPACITY_SECONDS = 5.0
+
+
+@dataclass
+class Job:
+    """One claimed run handed to an executor."""
+
+    run_id: int
+    spec: RunSpec
+    division: str
+    on_event: EventSink
+    attempt: int = 1
+    node: str | None = None
+    """Set once the run is known to have started somewhere."""
+
+
+@dataclass
+class Finished:
+    job: Job
+    result: RunResult
+    node: str | None = None
+    node_lost: bool = False
+    """The node died under the run: `result` is `interrupted`, and the run may be retried."""
+    environment: dict[str, Any] = field(default_factory=dict)
+    """What the node says of itself (hardware), merged into the run's recorded environment."""
+
+
+class Executor(ABC):
+    """Places runs: `submit` claimed jobs, then take them back with `next_finished` one by one."""
+
+    name = "executor"
+
+    @abstractmethod
+    def start(self, data: RunData) -> None:
+        """Make `data` available wherever runs will execute (called once, before any submit)."""
+
+    @abstractmethod
+    def capacity(self, division: str, device: str, threads: int) -> int:
+        """How many runs of this shape to have out at once (more would only queue)."""
+
+    @abstractmethod
+    def submit(self, job: Job) -> None: ...
+
+    @abstractmethod
+    def next_finished(self) -> Finished:
+        """Block until a submitted run ends; its events are passed to the job's sink meanwhile."""
+
+    @abstractmethod
+    def cancel_all(self) -> list[Job]:
+        """Stop every run still out (force) and return their jobs, for the driver to record."""
+
+    def describe(self) -> str:
+        return self.name
+
+    def close(self) -> None:
+        return None
+
+
+class LocalExecutor(Executor):
+    """Today's behaviour: every run in this process's machine, one after another."""
+
+    name = "local"
+
+    def __init__(self, confinement: Confinement, runs_dir: Path) -> None:
+        self.confinement, self.runs_dir = confinement, runs_dir
+        self.queue: deque[Job] = deque()
+        self.current: Job | None = None
+        self.data: RunData | None = None
+
+    def start(self, data: RunData) -> None:
+        self.data = data
+
+    def capacity(self, division: str, device: str, threads: int) -> int:
+        return 1  # claim a run only when it can start: another driver may take the next one
+
+    def submit(self, job: Job) -> None:
+        self.queue.append(job)
+
+    def next_finished(self) -> Finished:
+        assert self.data is not None, "start() first"
+        job = self.queue.popleft()
+        self.current = job
+        node = socket.gethostname()
+        job.node = node
+        result = execute_run(job.spec, self.data, self.confinement, self.runs_dir / str(job.run_id), job.on_event)
+        self.current = None
+        return Finished(job, result, node)
+
+    def cancel_all(self) -> list[Job]:
+        jobs = ([self.current] if self.current is not None else []) + list(self.queue)
+        self.current = None
+        self.queue.clear()
+        return jobs
+
+
+def data_digest(data: RunData) -> str:
+    """SHA-256 over the vocabulary and the three int32 splits exactly as a run receives them.
+
+    RunData.checksums are of the text files; a node has only the arrays, so this digest is what
+    it re-checks before any run uses them.
+    """
+    digest = hashlib.sha256()
+    digest.update("\n".join(data.vocab).encode("utf-8"))
+    digest.update(str(data.eos_id).encode())
+    for split in (data.train, data.valid, data.test):
+        array = np.ascontiguousarray(split, dtype="<i4")
+        digest.update(str(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def node_label() -> str:
+    """This Ray node as a run records it: host name and Ray node id (hosts may hold several nodes);
+    the host name alone outside a Ray worker."""
+    import ray
+
+    if not ray.is_initialized():
+        return socket.gethostname()
+    return f"{socket.gethostname()} (ray node {ray.get_runtime_context().get_node_id()[:12]})"
+
+
+def _run_on_node(spec: RunSpec, data: RunData, digest: str, sandbox: str) -> Iterator[dict[str, Any]]:
+    """The body of a Ray task (a streaming generator): placement, then events, then the result."""
+    node = node_label()
+    hardware = hardware_fingerprint(spec.device)
+    yield {"type": "placed", "node": node, "hardware": hardware}
+    if data_digest(data) != digest:
+        raise DataError(f"the token ids received on {node} do not match the driver's digest {digest[:12]}: "
+                        "the object store delivered different data")
+    # Arrays from the object store are read-only views of shared memory: the run gets its own copy.
+    local = replace(data, train=np.array(data.train), valid=np.array(data.valid), test=np.array(data.test))
+    confinement = resolve_confinement(sandbox)
+    events: queue.Queue[dict[str, Any]] = queue.Queue()
+    box: dict[str, Any] = {}
+
+    def work(folder: Path) -> None:
+        try:
+            box["result"] = execute_run(spec, local, confinement, folder / "run", events.put)
+        except BaseException as exc:  # noqa: BLE001 - a harness failure is raised again in the task
+            box["error"] = exc
+
+    with tempfile.TemporaryDirectory(prefix="ptb-harness-ray-") as folder:
+        thread = threading.Thread(target=work, args=(Path(folder),), name="execute_run", daemon=True)
+        thread.start()
+        last_progress = 0.0
+        while thread.is_alive() or not events.empty():
+            try:
+                event = events.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if event.get("type") == "progress":
+                if time.monotonic() - last_progress < PROGRESS_EVERY_SECONDS:
+                    continue
+                last_progress = time.monotonic()
+            yield event
+        thread.join()
+    if "error" in box:
+        raise box["error"]
+    yield {"type": "result", "result": box["result"], "node": node,
+           "environment": {"node": node, "node_hardware": hardware, "node_cpu": cpu_model(),
+                           "node_sandbox": confinement.sandbox}}
+
+
+class RayExecutor(Executor):
+    """Each run one Ray task on the cluster at `address` (None: RAY_ADDRESS, else a local cluster)."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None, sandbox: str) -> None:
+        try:
+            import ray
+        except ImportError as exc:
+            raise ConfigError("--executor ray needs Ray: install it with pip install -e '.[ray]'") from exc
+        self.ray = ray
+        self.address = address
+        self.sandbox = "none" if sandbox == "none" else "bwrap"
+        """A node runs participant code in bubblewrap unless the driver was told --sandbox none."""
+        self.out: dict[Any, Job] = {}
+        self.data_ref: Any = None
+        self.digest = ""
+        self.remote = ray.remote(_run_on_node)
+        self._capacity: dict[tuple[str, str, int], tuple[int, float]] = {}
+        self._seen: set[str] = set()
+        """Division resources some node declared during this run: their loss is waited out, not an error."""
+
+    def start(self, data: RunData) -> None:
+        try:
+            self.ray.init(address=self.address, logging_level="ERROR", log_to_driver=False,
+                          configure_logging=True)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"cannot connect to the Ray cluster at {self.address or 'RAY_ADDRESS/auto'}: {exc}") from exc
+        self.digest = data_digest(data)
+        self.data_ref = self.ray.put(data)
+
+    def describe(self) -> str:
+        context = self.ray.get_runtime_context()
+        return f"ray cluster {context.gcs_address} ({len(self._alive_nodes())} node(s))"
+
+    def _alive_nodes(self) -> list[dict[str, Any]]:
+        return [node for node in self.ray.nodes() if node.get("Alive")]
+
+    def capacity(self, division: str, device: str, threads: int) -> int:
+        """Runs the live nodes can hold at once: per node, the fewest of its division slots, its CPUs
+        over the run's threads and (CUDA) its GPUs. No node declaring the division is an error: Ray
+        would queue those runs for ever. Asked again at most every few seconds (nodes come and go)."""
+        key = (division, device, threads)
+        cached = self._capacity.get(key)
+        if cached is not None and time.monotonic() - cached[1] < CAPACITY_SECONDS:
+            return cached[0]
+        total = self._count_slots(division, device, threads)
+        self._capacity[key] = (total, time.monotonic())
+        return total
+
+    def _count_slots(self, division: str, device: str, threads: int) -> int:
+        resource = f"division:{division}"
+        total = 0
+        declared = False
+        for node in self._alive_nodes():
+            have = node.get("Resources", {})
+            if have.get(resource, 0) <= 0:
+                continue
+            declared = True
+            slots = min(int(have[resource]), int(have.get("CPU", 0) // max(1, threads)))
+            if device == "cuda":
+                slots = min(slots, int(have.get("GPU", 0)))
+            total += max(0, slots)
+        if not declared and resource in self._seen:
+            return 1  # its nodes are gone for now (died, being replaced): Ray holds the run until one is back
+        if not declared:
+            raise ConfigError(f"no node of the Ray cluster declares the resource {resource!r}: start the nodes of "
+                              f"division {division!r} with ray start --resources '{{\"{resource}\": SLOTS}}'")
+        self._seen.add(resource)
+        if total == 0:
+            raise ConfigError(f"no node declaring {resource!r} has {threads} CPU(s)"
+                              + (" and a GPU" if device == "cuda" else "") + " for one run; lower --threads")
+        return total
+
+    def submit(self, job: Job) -> None:
+        spec = job.spec
+        options = {"num_cpus": spec.threads, "num_gpus": 1 if spec.device == "cuda" else 0,
+                   "memory": spec.limits.memory_bytes, "resources": {f"division:{job.division}": 1},
+                   "max_retries": 0, "num_returns": "streaming"}
+        generator = self.remote.options(**options).remote(spec, self.data_ref, self.digest, self.sandbox)
+        self.out[generator] = job
+
+    def next_finished(self) -> Finished:
+        while True:
+            ready, _ = self.ray.wait(list(self.out), num_returns=1, timeout=1.0)
+            for generator in ready:
+                finished = self._advance(generator)
+                if finished is not None:
+                    return finished
+
+    def _advance(self, generator: Any) -> Finished | None:
+        """Take one item of a run's stream: an event (forwarded), the result, or the task's failure."""
+        job = self.out[generator]
+        errors = self.ray.exceptions
+        try:
+            item = self.ray.get(next(generator))
+        except StopIteration:
+            del self.out[generator]
+            return Finished(job, RunResult(RunStatus.FAILED, FailureKind.HARNESS_ERROR,
+                                           "the Ray task ended without a result"), job.node)
+        except errors.TaskCancelledError:
+            del self.out[generator]
+            return Finished(job, _interrupted("the run's Ray task was cancelled"), job.node)
+        except errors.RayTaskError as exc:  # the harness on the node raised (data digest, no sandbox...)
+            del self.out[generator]
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            where = f" on {job.node}" if job.node else ""
+            return Finished(job, RunResult(RunStatus.FAILED, FailureKind.HARNESS_ERROR,
+                                           f"the harness failed{where}: {type(cause).__name__}: {cause}"), job.node)
+        except errors.RayError as exc:  # the worker or its node died, or the object was lost with it
+            del self.out[generator]
+            where = job.node or "its node (it died before reporting which)"
+            reason = f"the node running it, {where}, died mid-run ({type(exc).__name__})"
+            return Finished(job, _interrupted(reason), job.node, node_lost=True)
+        kind = item.get("type")
+        if kind == "result":
+            del self.out[generator]
+            return Finished(job, item["result"], item["node"], environment=item["environment"])
+        if kind == "placed":
+            job.node = item["node"]
+        job.on_event(item)
+        return None
+
+    def cancel_all(self) -> list[Job]:
+        jobs = list(self.out.values())
+        for generator in list(self.out):
+            try:
+                self.ray.cancel(generator, force=True)
+            except Exception:  # noqa: BLE001 - a task already gone is as good as cancelled
+                pass
+        self.out.clear()
+        return jobs
+
+    def close(self) -> None:
+        if self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def _interrupted(reason: str) -> RunResult:
+    return RunResult(RunStatus.INTERRUPTED, FailureKind.INTERRUPTED, reason)
+
+
+def make_executor(name: str, confinement: Confinement, runs_dir: Path, ray_address: str | None,
+                  sandbox: str) -> Executor:
+    if name == "local":
+        return LocalExecutor(confinement, runs_dir)
+    if name == "ray":
+        return RayExecutor(ray_address, sandbox)
+    raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {name!r}")

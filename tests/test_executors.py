@@ -1,0 +1,92 @@
+"""The executor interface without a cluster: the driver's choice of executor and hardware class, the
+digest a node re-checks, and the node body of a Ray task run in this process on a synthetic corpus
+(real sandbox, real run). The cluster itself is exercised in tests/test_ray.py (slow)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import socket
+from pathlib import Path
+
+import pytest
+
+from harness.budget import RunLimits
+from harness.checking import synthetic_data
+from harness.config import parse_competition
+from harness.entries import EntrySource
+from harness.errors import ConfigError, DataError, RunStatus
+from harness.execution import RunSpec
+from harness.executors import LocalExecutor, _run_on_node, data_digest, make_executor
+from harness.provenance import hardware_fingerprint
+from harness.scoring import EvalProtocol
+from harness.supervisor import RunRequest
+from tests.conftest import ENTRIES
+
+
+def test_cluster_settings_come_from_the_config_and_are_checked() -> None:
+    competition = parse_competition({"cluster": {"executor": "ray", "ray_address": "head:6379"}}, "c.toml")
+    assert (competition.executor, competition.ray_address) == ("ray", "head:6379")
+    assert parse_competition({}, "c.toml").executor == "local"
+    with pytest.raises(ConfigError, match="executor must be one of local, ray"):
+        parse_competition({"cluster": {"executor": "slurm"}}, "c.toml")
+    with pytest.raises(ConfigError, match="unknown key 'workers'"):
+        parse_competition({"cluster": {"workers": 3}}, "c.toml")
+
+
+def test_a_declared_hardware_class_keys_the_runs_instead_of_the_drivers_machine() -> None:
+    divisions = {"divisions": {"gpu": {"device": "cuda", "budget": 300, "memory": "40GiB", "hardware": "cuda:H100"}}}
+    division = parse_competition(divisions, "c.toml").divisions["gpu"]
+    assert division.hardware == "cuda:H100"
+    entry = EntrySource.read(ENTRIES / "slow_counter.py", "submission")
+    limits = RunLimits(seconds=5, memory_bytes=2**30)
+    here = RunRequest(entry=entry, hparams={}, seed=0, device="cpu", threads=1, limits=limits)
+    declared = dataclasses.replace(here, hardware="cpu:declared")
+    assert here.hardware_class() == hardware_fingerprint("cpu")
+    assert declared.row_fields({})["hardware"] == "cpu:declared"
+    assert here.key({}) != declared.key({})
+
+
+def test_the_digest_covers_every_token_id() -> None:
+    data = synthetic_data()
+    digest = data_digest(data)
+    assert digest == data_digest(dataclasses.replace(data, test=data.test.copy()))
+    changed = data.test.copy()
+    changed[-1] = (changed[-1] + 1) % len(data.vocab)
+    assert data_digest(dataclasses.replace(data, test=changed)) != digest
+
+
+def test_the_executor_is_chosen_by_name(tmp_path: Path) -> None:
+    from harness.sandbox import Confinement
+
+    assert isinstance(make_executor("local", Confinement(), tmp_path, None, "auto"), LocalExecutor)
+    with pytest.raises(ConfigError, match="--executor must be one of"):
+        make_executor("slurm", Confinement(), tmp_path, None, "auto")
+
+
+def spec_for(source: str) -> RunSpec:
+    return RunSpec(entry_name="e", source=source, source_hash=hashlib.sha256(source.encode()).hexdigest(),
+                   track="causal", hparams={"max_steps": 3, "pause": 0.0}, seed=0, device="cpu", threads=1,
+                   limits=RunLimits(seconds=30, memory_bytes=4 * 2**30, evals=0),
+                   protocol=EvalProtocol(segment_tokens=512, batch_size=4))
+
+
+def test_the_node_body_streams_placement_phases_and_the_result() -> None:
+    """The body of a Ray task, called here outside Ray (the cluster runs it in tests/test_ray.py)."""
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    data = synthetic_data()
+    stream = list(_run_on_node(spec_for((ENTRIES / "slow_counter.py").read_text()), data, data_digest(data), "bwrap"))
+    assert stream[0] == {"type": "placed", "node": socket.gethostname(), "hardware": hardware_fingerprint("cpu")}
+    assert {"type": "phase", "phase": "scoring"} in stream
+    last = stream[-1]
+    assert last["type"] == "result" and last["result"].status is RunStatus.OK, last["result"].reason
+    assert last["environment"]["node_sandbox"] == "bwrap" and last["environment"]["node_hardware"]
+
+
+def test_the_node_refuses_token_ids_that_do_not_match_the_drivers_digest() -> None:
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    data = synthetic_data()
+    stream = _run_on_node(spec_for((ENTRIES / "slow_counter.py").read_text()), data, "0" * 64, "bwrap")
+    assert next(stream)["type"] == "placed"
+    with pytest.raises(DataError, match="do not match the driver's digest"):
+        next(stream)
