@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import json
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,9 +72,16 @@ def discover(entry_dirs: dict[str, Path]) -> dict[str, EntrySource]:
             if problem:
                 entry = EntrySource(f"{kind}s/{entry.name}", entry.path, kind, entry.source, entry.source_hash, problem)
             else:
-                names[meta["name"]] = entry.name
+                names[comparable(meta["name"])] = entry.name
             found[entry.name] = entry
     return found
+
+
+def comparable(name: str) -> str:
+    """A name as a reader sees it: NFKC, no invisible (format) characters, no outer spaces, case-folded,
+    so `unigram\u200b` or `Ｕnigram` cannot pass for `unigram`."""
+    folded = unicodedata.normalize("NFKC", name)
+    return "".join(c for c in folded if unicodedata.category(c) not in ("Cf", "Cc")).strip().casefold()
 
 
 def _name_problem(entry: EntrySource, meta: dict[str, str], found: dict[str, EntrySource],
@@ -84,10 +91,10 @@ def _name_problem(entry: EntrySource, meta: dict[str, str], found: dict[str, Ent
     if entry.name in found:
         return (f"the file name {entry.name!r} is taken by {found[entry.name].kind} {found[entry.name].path.name}; "
                 "rename the file")
-    if meta["name"] in names:
-        owner = found[names[meta["name"]]]
+    if comparable(meta["name"]) in names:
+        owner = found[names[comparable(meta["name"])]]
         return f"the name {meta['name']!r} is taken by {owner.kind} {owner.path.name}; choose another `name`"
-    if meta["authors"].strip().lower().startswith(BASELINE_AUTHORS):
+    if BASELINE_AUTHORS in comparable(meta["authors"]):
         return f"the author line {BASELINE_AUTHORS!r} is reserved for the harness's baselines"
     return None
 
@@ -172,6 +179,9 @@ def static_metadata(entry: EntrySource) -> dict[str, str]:
         tree = ast.parse(entry.source)
     except SyntaxError as exc:
         found["description"] = f"(does not parse: {exc.msg}, line {exc.lineno})"
+        return found
+    except (RecursionError, MemoryError, ValueError) as exc:  # nested too deep, or NUL bytes: its import fails
+        found["description"] = f"(does not parse: {type(exc).__name__})"
         return found
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and any(_base_name(base) == "Entry" for base in node.bases):

@@ -113,13 +113,26 @@ def _emit_frame(frame: pd.DataFrame, fmt: str, output: str | None) -> None:
             # csv and parquet cells are flat: a mapping (hyper-parameter overrides) as JSON text
             frame[column] = frame[column].map(lambda v: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v)
     if fmt == "csv":
-        _write(frame.to_csv(index=False), output)
+        _write(csv_safe(frame).to_csv(index=False), output)
     elif fmt == "json":
         _write(frame.to_json(orient="records", indent=1) + "\n", output)
     elif fmt == "parquet":
         if not output:
             raise ConfigError("--format parquet writes binary: give a file with --output")
         frame.to_parquet(output, index=False)
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula (=, +, -, @, tab, CR first) get a leading
+    quote: names, authors and reasons are a participant's text."""
+    def defuse(value: Any) -> Any:
+        return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+    return frame.apply(lambda column: column.map(defuse)
+                       if pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column) else column)
 
 
 def _write(text: str, output: str | None) -> None:

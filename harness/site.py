@@ -30,7 +30,7 @@ from harness.budget import format_bytes
 from harness.charts import line_chart, scatter_chart, short_number
 from harness.config import Competition
 from harness.errors import ConfigError, RunStatus
-from harness.report import configuration_text, rankings_frame
+from harness.report import csv_safe, configuration_text, rankings_frame
 from harness.results import REFERENCE, Ranking, classified_runs, failures, leaderboard, load_references
 from harness.store import Run, Store
 
@@ -248,7 +248,7 @@ def _machine_files(rankings: list[Ranking], failed: pd.DataFrame, out: Path, pha
         frame = frame.drop(columns=[c for c in frame.columns if c.startswith("test_")])
     frame = frame.drop(columns=["source_hash"], errors="ignore")
     csv_path, json_path = out / "leaderboard.csv", out / "leaderboard.json"
-    frame.to_csv(csv_path, index=False)
+    csv_safe(frame).to_csv(csv_path, index=False)
     payload = {
         "phase": phase,
         "rankings": json.loads(frame.to_json(orient="records", date_format="iso")) if not frame.empty else [],

@@ -130,3 +130,15 @@ def test_contract_problems_are_all_reported() -> None:
     assert any("setup must take 1 argument" in p for p in problems)
     assert any("train_step is not defined" in p for p in problems)
     assert any("log_probs must take 2 argument" in p for p in problems)
+
+
+def test_names_are_compared_as_a_reader_sees_them_and_deep_nesting_fails_alone(tmp_path: Path) -> None:
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (subs / "zw.py").write_text("class E(Entry):\n    name = 'unigram\\u200b'\n")
+    (subs / "wide.py").write_text("class E(Entry):\n    authors = '\\u200bPTB-harness baselines'\n")
+    (subs / "deep.py").write_text("class E(Entry):\n    name = 'deep'\nX = " + "-" * 3000 + "1\n")
+    found = discover({"submission": subs, "baseline": REPO / "baselines"})
+    assert "is taken by baseline unigram.py" in found["submissions/zw"].problem
+    assert "reserved for the harness's baselines" in found["submissions/wide"].problem
+    assert "does not parse" in static_metadata(found["deep"])["description"]
