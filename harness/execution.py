@@ -43,8 +43,12 @@ from harness.scoring import EvalProtocol, MaskedScore, Request, ScoreFailure, Sc
 POLL_SECONDS = 0.1
 LIMITS_EVERY_SECONDS = 0.2
 STARTUP_CAP_SECONDS = 120.0
-SCORER_SETUP_CAP_SECONDS = 60.0  # a scorer's import and setup are not timed: they may not take long either
+SCORER_SETUP_CAP_SECONDS = 60.0  # a scorer's import and setup may not take longer than this
 LOAD_CAP_SECONDS = 60.0          # nor may loading a checkpoint
+# Scorer work is not training time up to these allowances (importing torch, building the model, reading
+# a checkpoint); beyond them it is counted as training time, so no training can hide in a scorer.
+SCORER_SETUP_ALLOWANCE_SECONDS = 20.0
+LOAD_ALLOWANCE_SECONDS = 5.0
 MAX_LOG_BYTES = 16 * 2**20       # a run printing more than this is stopped
 MAX_CHILD_PROCESSES = 64         # a run starting more processes than this is stopped
 SANDBOX_PLUMBING = 4             # bwrap, setpriv and bwrap again sit above the child's interpreter
@@ -131,7 +135,9 @@ class RunResult:
     context: int = 0
     window: int = 0
     scorer_setup_seconds: float | None = None
-    """Wall seconds the two scorers took to import and set up the entry (untimed, capped, recorded)."""
+    """Wall seconds the two scorers took to import and set up the entry (the last set of them)."""
+    charged_seconds: float = 0.0
+    """Scorer set-up and checkpoint loading beyond their allowances, counted as training time."""
     pass_seconds: list[dict[str, float]] = field(default_factory=list)
     """Per validation pass: wall seconds of the whole pass (checkpoint, freeze, load, score, thaw) and of the scoring."""
 
@@ -192,6 +198,7 @@ class _Child:
         self.queue: deque[Any] = deque()
         self.exit_code: int | None = None
         self.sampled_peak = 0
+        self.released = False
         self.channel.send(spec_message)
 
     # Output: read from a pipe the supervisor owns, never from a file in the run directory.
@@ -257,6 +264,10 @@ class _Child:
         self.drain_log()
 
     def release(self) -> None:
+        """Kill, close and remove everything of this child (once)."""
+        if self.released:
+            return
+        self.released = True
         self.kill()
         self.channel.close()
         os.close(self.log_fd)
@@ -348,6 +359,8 @@ class _Run:
         trainer_work = self.run_dir / "trainer"
         for lane in range(2):
             work = self.run_dir / f"scorer{lane}"
+            shutil.rmtree(work, ignore_errors=True)  # a new scorer starts with nothing of an earlier one
+            work.mkdir()
             shm = self.shm_fds[lane]
             spec = {**self._child_spec(work), "checkpoint_dir": str(trainer_work), "shm_fd": shm,
                     "shm_bytes": SLOTS * self.slot_bytes, "slot_bytes": self.slot_bytes}
@@ -370,6 +383,7 @@ class _Run:
                          f"eval_window): {sorted(layouts)}; set them deterministically in setup")
         (self.context, window), = layouts
         self.result.scorer_setup_seconds = time.monotonic() - began
+        self._charge(self.result.scorer_setup_seconds - SCORER_SETUP_ALLOWANCE_SECONDS, "the scorers' set-up")
         self.window = min(window, self.spec.protocol.window)
         self.result.context, self.result.window = self.context, self.window
 
@@ -536,6 +550,18 @@ class _Run:
                 "step": self.feed.steps, "tokens": self.feed.tokens, "train_seconds": self.clock.elapsed,
                 "last": index == passes - 1}
 
+    def _charge(self, seconds: float, what: str) -> None:
+        """Count scorer work beyond its allowance as training time; past budget plus grace the run ends."""
+        if seconds <= 0:
+            return
+        self.result.charged_seconds += seconds
+        self.clock.paused_total -= seconds  # the clock reads `seconds` later, in every state
+        limits = self.spec.limits
+        if self.clock.elapsed > limits.kill_after_seconds:
+            raise RunEnd(RunStatus.TIMEOUT, FailureKind.TIMEOUT,
+                         f"{what} took {seconds:.1f} s beyond its allowance; counted as training time, that makes "
+                         f"{self.clock.elapsed:.1f} s, past the {limits.seconds:g} s budget plus {limits.grace:g} s grace")
+
     def _set_scorers_frozen(self, frozen: bool) -> None:
         for scorer in self.scorers:
             if scorer.cgroup is not None and scorer.cgroup.can_freeze and scorer.exit_code is None:
@@ -555,9 +581,13 @@ class _Run:
     # --- Scoring ---------------------------------------------------------------------------------------
 
     def _final_scoring(self) -> None:
-        if not self.scorers:
-            self._start_scorers()
-        self._set_scorers_frozen(False)
+        # Fresh scorers: the ones that served validation passes saw valid and could have kept it; the
+        # final scores come from processes that have seen nothing but the final checkpoint.
+        for scorer in self.scorers:
+            self.result.scorer_peak_memory_bytes = max(self.result.scorer_peak_memory_bytes, scorer.peak)
+            scorer.release()
+        self.scorers, self.loaded = [], {}
+        self._start_scorers()
         self.phase = "scoring"
         self.on_event({"type": "phase", "phase": "scoring"})
         deadline = time.monotonic() + self.spec.limits.scoring_cap_seconds + self.spec.limits.grace
@@ -565,6 +595,7 @@ class _Run:
         valid = self._score(self.data.valid, "valid", self.final_seq, deadline, why)
         test = self._score(self.data.test, "test", self.final_seq, deadline, why)
         self.result.valid, self.result.test = valid, test
+        self.result.train_seconds = self.clock.elapsed  # with any scorer work counted as training
         self.result.param_count = self._parameter_count()
         if isinstance(valid, SplitScore):
             self.result.valid_sentence_nll = sentence_nll(valid.token_nll, self.data.valid, self.data.eos_id)
@@ -601,6 +632,7 @@ class _Run:
                                f"loading a checkpoint took over {LOAD_CAP_SECONDS:.0f} s (untimed work is capped)")
                 self.loaded[lane] = seq
         self.last_load_seconds = time.monotonic() - began
+        self._charge(self.last_load_seconds - LOAD_ALLOWANCE_SECONDS, "loading a checkpoint into the scorers")
         plan = ScorePass(split, ids, self.data.eos_id, len(self.data.vocab), protocol or self.spec.protocol,
                          self.context, self.window, self.spec.track, self.mask_id)
         in_flight: list[deque[tuple[int, Request, int]]] = [deque(), deque()]
@@ -736,13 +768,15 @@ class _Run:
                          f"{format_bytes(limit)} budget")
 
     def _service(self, timeout: float) -> None:
-        live = [c for c in self.children if c.exit_code is None or not c.channel.closed]
+        live = [c for c in self.children if not c.released and (c.exit_code is None or not c.channel.closed)]
         sources: list[Any] = [c.channel for c in live if not c.channel.closed] + [c.log_fd for c in live]
         try:
             readable, _, _ = select.select(sources, [], [], timeout)
         except (OSError, ValueError):
             readable = []
         for child in self.children:
+            if child.released:
+                continue
             if child.channel in readable:
                 try:
                     child.pump()
@@ -763,7 +797,7 @@ class _Run:
             raise RunEnd(RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
                          f"the run printed more than {format_bytes(MAX_LOG_BYTES)} of output")
         for child in self.children:
-            if child.exit_code is not None:
+            if child.exit_code is not None or child.released:
                 continue
             if child.cgroup is not None and child.cgroup.oom_killed():
                 self._check_memory_ended(child)
@@ -778,6 +812,8 @@ class _Run:
         if now - self.last_disk_check >= DISK_CHECK_SECONDS:
             self.last_disk_check = now
             for child in self.children:
+                if child.released:
+                    continue
                 self._sample_resources(child)
                 used, entries = disk_usage(child.work_dir)
                 if used > self.spec.disk_bytes or entries >= 100_000:
@@ -806,7 +842,8 @@ class _Run:
         if self.trainer is not None:
             self.result.peak_memory_bytes = max(self.result.peak_memory_bytes, self.trainer.peak)
         if self.scorers:
-            self.result.scorer_peak_memory_bytes = max(scorer.peak for scorer in self.scorers)
+            self.result.scorer_peak_memory_bytes = max([self.result.scorer_peak_memory_bytes,
+                                                        *(scorer.peak for scorer in self.scorers)])
         self.result.log_tail = self._log_tail()
         self.result.isolation = {**self.confinement.as_dict(),
                                  "memory_enforcement": "cgroup" if all(c.cgroup for c in self.children) and self.children
