@@ -834,9 +834,9 @@ class _Run:
         if self.feed is not None and not self.result.steps:
             self._record_counts()
             self.result.train_seconds = self.clock.elapsed
-        for child in self.children:
+        for child in self.children:  # the kernel's peaks are read before the cgroups go
             try:
-                child.release()
+                child.kill()
             except OSError:
                 pass
         if self.trainer is not None:
@@ -844,6 +844,11 @@ class _Run:
         if self.scorers:
             self.result.scorer_peak_memory_bytes = max([self.result.scorer_peak_memory_bytes,
                                                         *(scorer.peak for scorer in self.scorers)])
+        for child in self.children:
+            try:
+                child.release()
+            except OSError:
+                pass
         self.result.log_tail = self._log_tail()
         self.result.isolation = {**self.confinement.as_dict(),
                                  "memory_enforcement": "cgroup" if all(c.cgroup for c in self.children) and self.children
