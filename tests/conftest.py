@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,8 +60,18 @@ def make_project(folder: Path, **entries: Path) -> Path:
         (folder / sub).mkdir(exist_ok=True)
     shutil.copy(REPO / "baselines" / "unigram.py", folder / "baselines" / "unigram.py")
     for name, source in entries.items():
-        shutil.copy(source, folder / "submissions" / f"{name}.py")
+        (folder / "submissions" / f"{name}.py").write_text(as_submission(Path(source), name))
     return folder
+
+
+def as_submission(source: Path, name: str) -> str:
+    """A file as a participant would submit it: a baseline copied into submissions/ takes its own
+    name and authors (the baselines' names and author line are reserved)."""
+    text = source.read_text()
+    if source.resolve().parent == (REPO / "baselines").resolve():
+        text = re.sub(r'(\n    name = )"[^"]*"', rf'\1"{name}"', text)
+        text = re.sub(r'(\n    authors = )"[^"]*"', r'\1"a participant"', text)
+    return text
 
 
 @dataclass
