@@ -340,8 +340,10 @@ class ScorePass:
 
     def _verify_audits(self) -> None:
         tol = self.protocol.audit_tol
-        # Causality audits first: a model that peeks usually also fails a replay, and the audit names why.
-        for (role, ref), prints in sorted(self._prints.items(), key=lambda item: item[0][0] != "audit"):
+        # Replays first: the same inputs from the same fresh state giving other rows means the model
+        # changed (or is not deterministic) whatever else it does; only a model that passes every
+        # replay and fails an audit is judged on causality.
+        for (role, ref), prints in sorted(self._prints.items(), key=lambda item: item[0][0] != "replay"):
             if role == "score":
                 continue
             originals = self._prints.get(("score", ref))

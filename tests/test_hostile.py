@@ -74,7 +74,7 @@ EXPECTED = {
     # counted against it, or the exchange falls out of order and the run ends. Never more than that.
     "forged_bare_next": (("ok", "failed"), (None, "sandbox_violation"), ""),
     "forged_failure_kind": ("failed", "contract_violation", "which a run cannot claim"),
-    "channel_reset": ("failed", "sandbox_violation", "trainer"),
+    "channel_reset": ("failed", ("sandbox_violation", "runtime_error"), "trainer"),
     "exit_zero": ("failed", "contract_violation", "exit code 0"),
     # Reading what it must not have, faking checks from inside, lying about its output.
     "gc_snoop": ("ok", None, ""),  # finds nothing: it stays uniform (its score is asserted below)
@@ -84,7 +84,7 @@ EXPECTED = {
     # Weights that move while scored; peeking that hides from the audits.
     "background_training": ("invalid", "weights_modified", "weights changed while it was being scored"),
     "shadow_swap": ("invalid", "weights_modified", "weights changed while it was being scored"),
-    "memorising_peeker": ("invalid", "causality_violation", "causality check failed"),
+    "memorising_peeker": ("invalid", ("causality_violation", "weights_modified"), ""),
     "shape_peeker": ("invalid", "causality_violation", "causality check failed"),
     # The contract and the sandbox.
     "huge_eval_context": ("failed", ("contract_violation", "sandbox_violation"), "eval_context"),

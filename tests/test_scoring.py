@@ -188,7 +188,8 @@ def test_a_peeker_that_remembers_what_it_was_asked_cannot_pass_the_audit() -> No
     for seed in range(3):
         with pytest.raises(ScoreFailure) as caught:
             drive(make_pass(split_ids(400, seed=seed), window=16), (memoriser(), memoriser()))
-        assert caught.value.kind is FailureKind.CAUSALITY_VIOLATION
+        # Its answers depend on what it was asked before: a replay or an audit in the other process shows it.
+        assert caught.value.kind in (FailureKind.CAUSALITY_VIOLATION, FailureKind.WEIGHTS_MODIFIED)
 
 
 def test_weights_changing_while_scoring_are_caught_by_replays() -> None:
