@@ -85,6 +85,11 @@ EXPECTED = {
     "background_training": ("invalid", "weights_modified", "weights changed while it was being scored"),
     "shadow_swap": ("invalid", "weights_modified", "weights changed while it was being scored"),
     "memorising_peeker": ("invalid", ("causality_violation", "weights_modified"), ""),
+    # From the adversarial review: peeks only from the 5th window of a segment on (audits reach any window).
+    "late_peeker": ("invalid", ("causality_violation", "weights_modified"), ""),
+    # Remembers valid in the scorers across passes and recites it at the end: final scorers are fresh,
+    # so it ends ok, scored as the unigram it is (asserted below).
+    "valid_memory": ("ok", None, ""),
     "shape_peeker": ("invalid", "causality_violation", "causality check failed"),
     # The contract and the sandbox.
     "huge_eval_context": ("failed", ("contract_violation", "sandbox_violation"), "eval_context"),
@@ -247,6 +252,7 @@ def test_hostile_corpus_in_one_run_all(tmp_path: Path, env: dict[str, str]) -> N
     for entry in UNIFORM:
         assert math.isclose(runs[entry].valid_ppl, VOCAB, rel_tol=1e-4), (entry, runs[entry].valid_ppl)
         assert math.isclose(runs[entry].test_ppl, VOCAB, rel_tol=1e-4), (entry, runs[entry].test_ppl)
+    assert runs["valid_memory"].valid_ppl > 100  # it recited valid at 1.11 when the pass scorers lived on
     honest, bonus = runs["gc_snoop"], runs["tolerance_bonus"]  # the same uniform model, without and with +0.00099
     assert bonus.valid_ppl >= honest.valid_ppl * (1 - 1e-6) and bonus.test_ppl >= honest.test_ppl * (1 - 1e-6)
     assert "nothing split-sized in the trainer" in honest.log_tail and "nothing split-sized in the scorer" in honest.log_tail
