@@ -44,11 +44,11 @@ class Plan:
         reused = [run for run in self.runs if run.action == "reuse"]
         failed = [run for run in reused if run.reused_status not in (RunStatus.OK.value, RunStatus.INVALID.value)]
         learned = sum(run.learned for run in self.to_run)
-        lines = [f"plan: {len(self.to_run)} run(s) to start, {len(reused)} finished result(s) reused, "
+        lines = [f"plan: {len(self.to_run)} run(s) to start, {len(reused)} finished result(s) to reuse, "
                  f"division {division}; estimated wall time {_duration(self.seconds)}"
                  + (f" ({learned} estimate(s) learned from earlier runs of the same entry)" if learned else "")]
         if failed:
-            lines.append(f"  {len(failed)} reused result(s) did not end ok; `--retry-failed` runs them again")
+            lines.append(f"  {len(failed)} result(s) to reuse did not end ok; `--retry-failed` runs them again")
         for planned in self.to_run:
             request = planned.request
             lines.append(f"  run  {request.entry.name} seed {request.seed}: budget {request.limits.seconds:g} s, "

@@ -109,7 +109,7 @@ def test_check_with_hparam_override_and_broken_import(tmp_path: Path) -> None:
 def test_run_prints_its_plan_and_dry_run_stops_there(project: Path, env: dict[str, str]) -> None:
     result = run_cli("run", "unigram", "--dry-run", "--budget", "30", cwd=project, env=env)
     assert result.code == 0, result.stderr
-    assert "plan: 1 run(s) to start, 0 finished result(s) reused, division cpu; estimated wall time" in result.stderr
+    assert "plan: 1 run(s) to start, 0 finished result(s) to reuse, division cpu; estimated wall time" in result.stderr
     assert "run  unigram seed 0: budget 30 s" in result.stderr
     store = Store(project / "harness.sqlite")
     assert store.runs() == []
