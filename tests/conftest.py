@@ -21,8 +21,10 @@ ENTRIES = Path(__file__).resolve().parent / "entries"
 
 
 def ptb_dir() -> Path:
-    """HARNESS_DATA_DIR, else ../shared/data/ptb beside the checkout (where CI puts it)."""
-    return Path(os.environ.get("HARNESS_DATA_DIR") or REPO.parent / "shared" / "data" / "ptb")
+    """HARNESS_DATA_DIR (a relative one from where pytest was started, as the README's command gives
+    it), else ../shared/data/ptb beside the checkout (where CI puts it); absolute, since the tests
+    start `harness` in other folders."""
+    return Path(os.environ.get("HARNESS_DATA_DIR") or REPO.parent / "shared" / "data" / "ptb").resolve()
 
 
 @pytest.fixture(scope="session")
