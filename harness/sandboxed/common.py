@@ -86,3 +86,21 @@ def environment(device: torch.device) -> dict[str, Any]:
         "numpy_version": np.__version__,
         "pid_namespace_pid": os.getpid(),
     }
+
+
+def run_child(argv: list[str], body: Callable[[dict[str, Any], Any], None]) -> int:
+    """A child's main: the channel from argv, the spec as its first frame, `body`, and whatever ends
+    it reported to the supervisor (a clean SystemExit(0) is the supervisor closing the channel)."""
+    from harness.sandboxed.wire import Wire
+
+    die_with_parent()
+    wire = Wire(int(argv[0]))
+    spec, _ = wire.receive()
+    try:
+        body(spec, wire)
+    except BaseException as exc:  # noqa: BLE001 - reported, then this process ends
+        if isinstance(exc, SystemExit) and exc.code == 0:
+            return 0
+        wire.send(failure_message(exc))
+        return 1
+    return 0

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from harness.contract import Entry
-from harness.sandboxed.common import Failure, call_entry, configure_process, die_with_parent, failure_message
+from harness.sandboxed.common import Failure, call_entry, configure_process, run_child
 from harness.sandboxed.loader import build_hparams, import_entry_class
 from harness.sandboxed.state import load_checkpoint, modules
 from harness.sandboxed.trainer import setup_context
@@ -25,17 +25,7 @@ from harness.sandboxed.wire import Wire
 
 
 def main(argv: list[str]) -> int:
-    die_with_parent()
-    wire = Wire(int(argv[0]))
-    spec, _ = wire.receive()
-    try:
-        Scorer(spec, wire).serve()
-    except BaseException as exc:  # noqa: BLE001 - reported, then this process ends
-        if isinstance(exc, SystemExit) and exc.code == 0:
-            return 0
-        wire.send(failure_message(exc))
-        return 1
-    return 0
+    return run_child(argv, lambda spec, wire: Scorer(spec, wire).serve())
 
 
 class Scorer:

@@ -17,26 +17,14 @@ import numpy as np
 import torch
 
 from harness.contract import Budget, Clock, Entry, SetupContext, ValidationInfo
-from harness.sandboxed.common import (
-    Failure, call_entry, configure_process, die_with_parent, environment, failure_message,
-)
+from harness.sandboxed.common import Failure, call_entry, configure_process, environment, run_child
 from harness.sandboxed.loader import build_hparams, import_entry_class
 from harness.sandboxed.state import save_checkpoint
 from harness.sandboxed.wire import Wire
 
 
 def main(argv: list[str]) -> int:
-    die_with_parent()
-    wire = Wire(int(argv[0]))
-    spec, _ = wire.receive()
-    try:
-        Trainer(spec, wire).run()
-    except BaseException as exc:  # noqa: BLE001 - reported, then this process ends
-        if isinstance(exc, SystemExit) and exc.code == 0:
-            return 0
-        wire.send(failure_message(exc))
-        return 1
-    return 0
+    return run_child(argv, lambda spec, wire: Trainer(spec, wire).run())
 
 
 class Trainer:
