@@ -339,4 +339,5 @@ def test_one_entry_cannot_describe_another(tmp_path: Path) -> None:
     confinement = _confinement("bwrap")
     described = describe_entries(entries, confinement)
     assert described["good_bigram"]["ok"], described["good_bigram"]
-    assert _typed_overrides(entries, ["max_steps=3"], confinement)["good_bigram"] == {"max_steps": 3}
+    pairs = {entry.name: ["max_steps=3"] for entry in entries}
+    assert _typed_overrides(entries, pairs, confinement)["good_bigram"] == {"max_steps": 3}
