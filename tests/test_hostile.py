@@ -24,6 +24,7 @@ import pytest
 
 import harness
 from harness.sandbox import bwrap_problem
+from harness.site import entry_filename
 from harness.store import Store
 from tests.conftest import ENTRIES, REPO, run_cli
 
@@ -246,7 +247,11 @@ def test_hostile_corpus_in_one_run_all(tmp_path: Path, env: dict[str, str]) -> N
     with sqlite3.connect(project / "harness.sqlite") as raw:
         assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     index = (project / "site" / "index.html").read_text()
-    assert "<script>alert(1)</script>" not in index and "&lt;script&gt;alert(1)&lt;/script&gt;" in index
+    # The corpus runs with a short budget (exploration, not the official configuration): the name shows
+    # on the entry's own page, escaped, and never as markup anywhere.
+    page = (project / "site" / "entries" / entry_filename("html_name")).read_text()
+    assert "<script>alert(1)</script>" not in index and "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
     # Attacks that end `ok` must have gained nothing: a uniform model scores the vocabulary size.
     for entry in UNIFORM:
