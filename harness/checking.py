@@ -10,11 +10,7 @@ hyper-parameter schemas; nothing else about an entry is taken from it.
 from __future__ import annotations
 
 import os
-import secrets
-import select
 import shutil
-import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,9 +21,9 @@ import numpy as np
 from harness.budget import RunLimits
 from harness.entries import EntrySource, static_metadata
 from harness.errors import EntryError, FailureKind, RunStatus
-from harness.execution import RunData, RunResult, RunSpec, execute_run
-from harness.protocol import Channel, ChildGone, ProtocolViolation, validate
-from harness.sandbox import Cgroup, Confinement, SandboxSpec, start_sandboxed
+from harness.execution import ChildLimits, RunData, RunResult, RunSpec, SandboxedChild, execute_run
+from harness.protocol import ChildGone, ProtocolViolation, child_failure, validate
+from harness.sandbox import Confinement
 from harness.scoring import EvalProtocol, describe_audits
 
 VOCAB_SIZE = 10_000
@@ -114,70 +110,41 @@ def describe_entries(entries: list[EntrySource], confinement: Confinement, timeo
 
 
 def _describe_one(entry: EntrySource, confinement: Confinement, timeout: float) -> dict[str, Any]:
+    """Import one entry in a sandboxed process and read its hyper-parameter schema."""
     work = Path(tempfile.mkdtemp(prefix="ptb-harness-describe-"))
     os.chmod(work, 0o755)
+    source_dir, scratch = work / "entry", work / "scratch"
+    source_dir.mkdir()
+    scratch.mkdir()
+    path = source_dir / f"{entry.name.replace('/', '_')}.py"
+    path.write_text(entry.source, encoding="utf-8")
+    os.chmod(path, 0o444)
+    child = None
     try:
-        source_dir = work / "entry"
-        source_dir.mkdir()
-        path = source_dir / f"{entry.name.replace('/', '_')}.py"
-        path.write_text(entry.source, encoding="utf-8")
-        os.chmod(path, 0o444)
-        (work / "scratch").mkdir()
-        found = _describe({str(path): entry.name}, source_dir, work / "scratch", confinement, timeout)
-        return found[entry.name]
-    except EntryError as exc:  # the entry broke the describer's protocol: it fails alone when it runs
-        return {"ok": False, "kind": FailureKind.CONTRACT_VIOLATION.value, "reason": str(exc)}
+        child = SandboxedChild("describer", "describe", scratch, (source_dir,), (), {"type": "spec", "path": str(path)},
+                               ChildLimits(DESCRIBE_MEMORY, 1, 0, 2**28), confinement, work / "describe.log")
+        return _described(child, time.monotonic() + timeout)
+    except (ProtocolViolation, ChildGone, OSError) as exc:  # it broke the describer's protocol: it fails alone
+        return {"ok": False, "kind": FailureKind.CONTRACT_VIOLATION.value,
+                "reason": f"reading its hyper-parameters failed: {exc}"}
     finally:
+        if child is not None:
+            child.release()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _describe(files: dict[str, str], source_dir: Path, scratch: Path, confinement: Confinement,
-              timeout: float) -> dict[str, dict[str, Any]]:
-    cgroup, _ = Cgroup.create(f"ptb-harness-{os.getpid()}-{secrets.token_hex(4)}-describe", DESCRIBE_MEMORY, 1.0)
-    parent_end, child_end = socket.socketpair()
-    read_end, write_end = os.pipe()
-    interpreter = [sys.executable, "-s", "-P"] if sys.version_info >= (3, 11) else [sys.executable, "-I"]
-    argv = [*interpreter, "-m", "harness.sandboxed.describe", str(child_end.fileno())]
-    spec = SandboxSpec(work_dir=scratch, read_only=(source_dir,), tmp_bytes=2**28,
-                       environment={"PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"})
-    process = start_sandboxed(argv, spec, confinement, cgroup, pass_fds=(child_end.fileno(),), stdout=write_end)
-    child_end.close()
-    os.close(write_end)
-    channel = Channel(parent_end, "describer")
-    found: dict[str, dict[str, Any]] = {}
-    deadline = time.monotonic() + timeout
-    try:
-        channel.send({"type": "spec", "paths": list(files)})
-        done = False
-        while not done and time.monotonic() < deadline and not channel.closed:
-            readable, _, _ = select.select([channel, read_end], [], [], 0.1)
-            if read_end in readable:
-                os.read(read_end, 1 << 16)  # the entries' own output: not needed here
-            if channel in readable:
-                channel.pump()
-            for frame in channel.frames():
-                message = validate(frame, frozenset({"described", "done"}))
-                if message["type"] == "done":
-                    done = True
-                elif message["type"] == "described" and message["path"] in files:
-                    found[files[message["path"]]] = message
-                else:
-                    raise ProtocolViolation("a description of a file it was not given")
-    except (ProtocolViolation, ChildGone, OSError) as exc:
-        raise EntryError(f"reading the entries' hyper-parameters failed: {exc}") from exc
-    finally:
-        process.kill()
-        if cgroup is not None:
-            cgroup.kill_all()
-        process.wait()
-        channel.close()
-        os.close(read_end)
-        if cgroup is not None:
-            cgroup.remove()
-    for name in files.values():  # an entry that hung or crashed the describer fails alone when it runs
-        found.setdefault(name, {"ok": False, "kind": FailureKind.IMPORT_ERROR.value,
-                                "reason": "could not be imported to read its hyper-parameters"})
-    return found
+def _described(child: SandboxedChild, deadline: float) -> dict[str, Any]:
+    """The child's one `described` message, or why there is none (it hung, crashed or lied about its kind)."""
+    while time.monotonic() < deadline and not child.channel.closed:
+        child.poll(0.1)
+        if child.queue:
+            message = validate(child.queue.popleft(), frozenset({"described"}))
+            if message["type"] == "failure":
+                kind, reason, _ = child_failure(message)
+                return {"ok": False, "kind": kind.value, "reason": reason}
+            return message
+    return {"ok": False, "kind": FailureKind.IMPORT_ERROR.value,
+            "reason": "could not be imported to read its hyper-parameters"}
 
 
 __all__ = ["check_entry", "describe_entries", "findings", "RunStatus"]

@@ -11,6 +11,7 @@ and never raises because of what an entry does: every way a run can end is class
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import secrets
@@ -164,34 +165,51 @@ def execute_run(spec: RunSpec, data: RunData, confinement: Confinement, run_dir:
 # --- The children ----------------------------------------------------------------------------------
 
 
-class _Child:
-    """A sandboxed process: its channel, its output pipe, its cgroup, its queue of validated messages."""
+@dataclass(frozen=True)
+class ChildLimits:
+    """What one sandboxed process gets: its memory ceiling and CPU quota, seed, disk and device."""
 
-    def __init__(self, run: _Run, name: str, module: str, work_dir: Path, read_only: tuple[Path, ...],
-                 extra_fds: tuple[int, ...], spec_message: dict[str, Any]) -> None:
-        self.run, self.name, self.work_dir = run, name, work_dir
-        limits = run.spec.limits
+    memory_bytes: int
+    threads: int
+    seed: int
+    disk_bytes: int = DEFAULT_DISK_BYTES
+    gpu: bool = False
+
+
+def sandboxed_argv(module: str, channel_fd: int) -> list[str]:
+    """The interpreter command for a module of harness.sandboxed: no user site-packages and no
+    writable folder on the import path (the environment is cleared, so PYTHONHASHSEED still holds)."""
+    interpreter = [sys.executable, "-s", "-P"] if sys.version_info >= (3, 11) else [sys.executable, "-I"]
+    return [*interpreter, "-m", f"harness.sandboxed.{module}", str(channel_fd)]
+
+
+class SandboxedChild:
+    """A sandboxed process on participant code: its channel, its output pipe, its cgroup, its queue of
+    frames (validated by whoever reads them)."""
+
+    def __init__(self, name: str, module: str, work_dir: Path, read_only: tuple[Path, ...],
+                 extra_fds: tuple[int, ...], spec_message: dict[str, Any], limits: ChildLimits,
+                 confinement: Confinement, log_path: Path) -> None:
+        self.name, self.work_dir = name, work_dir
         self.cgroup, cgroup_note = Cgroup.create(f"ptb-harness-{os.getpid()}-{secrets.token_hex(4)}-{name}",
-                                                 limits.memory_bytes, float(run.spec.threads))
+                                                 limits.memory_bytes, float(limits.threads))
         self.note = cgroup_note
         parent_end, child_end = socket.socketpair()
         read_end, write_end = os.pipe()
-        interpreter = [sys.executable, "-s", "-P"] if sys.version_info >= (3, 11) else [sys.executable, "-I"]
-        argv = [*interpreter, "-m", f"harness.sandboxed.{module}", str(child_end.fileno())]
-        environment = {"OMP_NUM_THREADS": str(run.spec.threads), "MKL_NUM_THREADS": str(run.spec.threads),
-                       "PYTHONHASHSEED": str(run.spec.seed), "PYTHONUNBUFFERED": "1",
+        environment = {"OMP_NUM_THREADS": str(limits.threads), "MKL_NUM_THREADS": str(limits.threads),
+                       "PYTHONHASHSEED": str(limits.seed), "PYTHONUNBUFFERED": "1",
                        "PYTHONDONTWRITEBYTECODE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        sandbox = SandboxSpec(work_dir=work_dir, read_only=read_only, tmp_bytes=run.spec.disk_bytes,
-                              environment=environment, gpu=run.spec.device == "cuda")
+        sandbox = SandboxSpec(work_dir=work_dir, read_only=read_only, tmp_bytes=limits.disk_bytes,
+                              environment=environment, gpu=limits.gpu)
         try:
-            self.process = start_sandboxed(argv, sandbox, run.confinement, self.cgroup,
-                                           pass_fds=(child_end.fileno(), *extra_fds), stdout=write_end)
+            self.process = start_sandboxed(sandboxed_argv(module, child_end.fileno()), sandbox, confinement,
+                                           self.cgroup, pass_fds=(child_end.fileno(), *extra_fds), stdout=write_end)
         finally:
             child_end.close()
             os.close(write_end)
         os.set_blocking(read_end, False)
         self.log_fd = read_end
-        self.log = (run.run_dir / f"{name}.log").open("ab")
+        self.log = log_path.open("ab")
         self.log_bytes = 0
         self.tail = bytearray()
         self.channel = Channel(parent_end, name)
@@ -200,6 +218,17 @@ class _Child:
         self.sampled_peak = 0
         self.released = False
         self.channel.send(spec_message)
+
+    def poll(self, timeout: float) -> None:
+        """Wait up to `timeout` for this child alone, reading its frames and its output."""
+        try:
+            readable, _, _ = select.select([self.channel, self.log_fd], [], [], timeout)
+        except (OSError, ValueError):
+            return
+        if self.log_fd in readable:
+            self.drain_log()
+        if self.channel in readable:
+            self.pump()
 
     # Output: read from a pipe the supervisor owns, never from a file in the run directory.
     def drain_log(self) -> None:
@@ -287,9 +316,9 @@ class _Run:
         self.run_dir = run_dir.resolve()
         self.clock = TrainingClock()
         self.result = RunResult(status=RunStatus.RUNNING)
-        self.children: list[_Child] = []
-        self.trainer: _Child | None = None
-        self.scorers: list[_Child] = []
+        self.children: list[SandboxedChild] = []
+        self.trainer: SandboxedChild | None = None
+        self.scorers: list[SandboxedChild] = []
         self.loaded: dict[int, int] = {}
         self.feed: TrainFeed | None = None
         self.phase = "starting"
@@ -327,7 +356,7 @@ class _Run:
         # The entry's file, written by the supervisor from the source it hashed, shown read-only.
         entry_dir = self.run_dir / "entry"
         entry_dir.mkdir(exist_ok=True)
-        self.entry_path = entry_dir / f"{self.spec.entry_name}.py"
+        self.entry_path = entry_dir / f"{self.spec.entry_name.replace('/', '_')}.py"  # kept-apart names hold a /
         self.entry_path.write_text(self.spec.source, encoding="utf-8")
         os.chmod(self.entry_path, 0o444)
         for name in ("trainer", "scorer0", "scorer1"):
@@ -388,9 +417,12 @@ class _Run:
         self.result.context, self.result.window = self.context, self.window
 
     def _spawn(self, name: str, module: str, work: Path, read_only: tuple[Path, ...], fds: tuple[int, ...],
-               spec: dict[str, Any]) -> _Child:
+               spec: dict[str, Any]) -> SandboxedChild:
+        limits = ChildLimits(self.spec.limits.memory_bytes, self.spec.threads, self.spec.seed, self.spec.disk_bytes,
+                             self.spec.device == "cuda")
         try:
-            child = _Child(self, name, module, work, read_only, fds, spec)
+            child = SandboxedChild(name, module, work, read_only, fds, spec, limits, self.confinement,
+                                   self.run_dir / f"{name.replace(' ', '')}.log")
         except (OSError, ChildGone, ProtocolViolation) as exc:
             raise RunEnd(RunStatus.FAILED, FailureKind.HARNESS_ERROR, f"could not start the {name}: {exc}") from exc
         self.children.append(child)
@@ -465,7 +497,8 @@ class _Run:
             message = {"type": "batch", "shape": list(batch.inputs.shape), "epoch": batch.epoch,
                        "epoch_start": batch.epoch_start, "step": self.feed.steps - 1,
                        "train_seconds": self.clock.elapsed}
-            self.trainer.channel.send(message, np.stack([batch.inputs, batch.targets]).astype("<i4").tobytes())
+            payload = b"".join(a.astype("<i4", copy=False).tobytes() for a in (batch.inputs, batch.targets))
+            self.trainer.channel.send(message, payload)  # (2, B, T) little-endian int32, no extra copy
         self.result.stop_reason = stop
         self.result.train_seconds = self.clock.elapsed
         self._record_counts()
@@ -644,7 +677,7 @@ class _Run:
             slot = sent[lane] % SLOTS
             sent[lane] += 1
             self.scorers[lane].channel.send({"type": "log_probs", "id": number, "stream": request.stream,
-                                             "fresh": request.fresh, "keep": request.keep,
+                                             "fresh": request.fresh,
                                              "shape": list(request.inputs.shape), "slot": slot},
                                             payload_of(request))
             in_flight[lane].append((number, request, slot))
@@ -691,13 +724,13 @@ class _Run:
             if key == "__metadata__" or key.startswith("optim/") or not isinstance(info, dict):
                 continue
             shape = info.get("shape")
-            if isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape):
-                total += int(np.prod(shape, dtype=np.int64)) if shape else 1
+            if isinstance(shape, list) and all(isinstance(d, int) and 0 <= d < 2**40 for d in shape):
+                total += math.prod(shape)  # exact integers: a header cannot overflow the count
         return total
 
     # --- Waiting, and every limit while waiting ----------------------------------------------------------
 
-    def _wait(self, child: _Child, deadline: float, expected: set[str], why: str | Callable[[], str]) -> dict[str, Any]:
+    def _wait(self, child: SandboxedChild, deadline: float, expected: set[str], why: str | Callable[[], str]) -> dict[str, Any]:
         """The next message from `child`, validated; servicing every other duty meanwhile."""
         while True:
             if child.queue:
@@ -718,14 +751,14 @@ class _Run:
                 raise RunEnd(status, FailureKind.TIMEOUT, reason)
             self._service(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
-    def _wait_seq(self, child: _Child, deadline: float, kind: str, seq: int,
+    def _wait_seq(self, child: SandboxedChild, deadline: float, kind: str, seq: int,
                   why: str | Callable[[], str] | None = None) -> None:
         message = self._wait(child, deadline, {kind}, why or self._overrun_reason)
         if message["seq"] != seq:
             raise RunEnd(RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
                          f"the {child.name} sent {kind} for {message['seq']} when {seq} was due")
 
-    def _child_ended(self, child: _Child) -> None:
+    def _child_ended(self, child: SandboxedChild) -> None:
         """The awaited child closed its channel or exited without a word."""
         deadline = time.monotonic() + 1.0
         while child.alive() and time.monotonic() < deadline:
@@ -756,7 +789,7 @@ class _Run:
             reason = f"the {child.name} exited with code {code} before it reported a result"
         raise RunEnd(RunStatus.FAILED, FailureKind.RUNTIME_ERROR, reason)
 
-    def _check_memory_ended(self, child: _Child) -> None:
+    def _check_memory_ended(self, child: SandboxedChild) -> None:
         limit = self.spec.limits.memory_bytes
         if child.cgroup is not None and child.cgroup.oom_killed():
             raise RunEnd(RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY,
@@ -821,7 +854,7 @@ class _Run:
                                  f"the {child.name} wrote {format_bytes(used)} in {entries:,} files to its run "
                                  f"directory, over the {format_bytes(self.spec.disk_bytes)} disk quota")
 
-    def _sample_resources(self, child: _Child) -> None:
+    def _sample_resources(self, child: SandboxedChild) -> None:
         if child.cgroup is None or child.exit_code is not None:
             return
         self.result.max_threads = max(self.result.max_threads, child.cgroup.thread_count())

@@ -91,7 +91,6 @@ SCHEMAS: dict[str, dict[str, Callable[[Any], bool]]] = {
     "rows": {"id": _int(0, 2**40)},
     "described": {"path": _text(4096), "ok": _bool, "schema": lambda v: v is None or isinstance(v, dict),
                   "kind": lambda v: v is None or _kind(v), "reason": _text(4000, optional=True)},
-    "done": {},
     "failure": {"kind": lambda v: isinstance(v, str) and len(v) < 100, "reason": _text(4000),
                 "traceback": _text(16_000, optional=True)},
 }

@@ -97,15 +97,14 @@ def _exp(mean_nll: float) -> float:
 
 @dataclass
 class Request:
-    """One `log_probs` call as the scorer sees it: ids, a stream name, fresh or continued state."""
+    """One `log_probs` call as the scorer sees it: ids, a stream name, fresh or continued state. The
+    scorer keeps every stream's state until the next checkpoint is loaded, so nothing in a request
+    tells a scoring window from an audit or from the last window of its stream."""
 
     inputs: np.ndarray
     """(B, L) int32 ids."""
     stream: str
     fresh: bool
-    keep: bool
-    """Always True: the scorer keeps every stream's state until the next checkpoint is loaded, so no
-    field of a request tells a scoring window from an audit or the last window of a stream."""
     role: str
     """`score`, `replay` or `audit`: known to the supervisor only."""
     ref: tuple[int, int]
@@ -194,7 +193,7 @@ class ScorePass:
             self.groups.append(_Group(group, x, y, offsets, lane=(index + self._first_lane) % 2))
             stream = _stream_name()
             for k, _ in enumerate(offsets):
-                primary.append(Request(self._window(index, k), stream, fresh=k == 0, keep=True,
+                primary.append(Request(self._window(index, k), stream, fresh=k == 0,
                                        role="score", ref=(index, k), lane=self.groups[index].lane))
         self.token_nll = np.zeros(targets.size, dtype=np.float64)
         self.times_scored = np.zeros(targets.size, dtype=np.int32)
@@ -218,14 +217,14 @@ class ScorePass:
         k = int(self._rng.integers(1, windows)) if warm and windows > 1 else 0
         stream = _stream_name()
         lane = 1 - self.groups[group].lane
-        block = [Request(self._window(group, i), stream, fresh=i == 0, keep=True, role="replay", ref=(group, i),
+        block = [Request(self._window(group, i), stream, fresh=i == 0, role="replay", ref=(group, i),
                          lane=lane) for i in range(k)]
         original = self._window(group, k)
         cut = int(self._rng.integers(0, max(1, original.shape[1] - 1)))
         changed = original.copy()
         shift = self._rng.integers(1, self.vocab_size, size=changed[:, cut + 1:].shape)
         changed[:, cut + 1:] = (changed[:, cut + 1:] + shift) % self.vocab_size
-        block.append(Request(changed, stream, fresh=k == 0, keep=True, role="audit", ref=(group, k), cut=cut,
+        block.append(Request(changed, stream, fresh=k == 0, role="audit", ref=(group, k), cut=cut,
                              lane=lane))
         self.audits["causality_audits"] += 1
         self.audits["replay_probes"] += k
@@ -236,7 +235,7 @@ class ScorePass:
         self.audits["replay_probes"] += 1
         lane = 1 - self.groups[group].lane
         inputs = self.groups[group].x if self.track == "mlm" else self._window(group, 0)
-        return [Request(inputs, _stream_name(), True, True, "replay", (group, 0), lane=lane)]
+        return [Request(inputs, _stream_name(), True, "replay", (group, 0), lane=lane)]
 
     def _interleave(self, primary: list[Request], shadows: list[list[Request]], last: list[Request]) -> list[Request]:
         """Shadow blocks at random points of the primary sequence (before or after the window they
@@ -262,7 +261,7 @@ class ScorePass:
             y = targets[first:first + self.protocol.batch_size].numpy()
             index = len(self.groups)
             self.groups.append(_Group([], x, y, [0], lane=(index + self._first_lane) % 2))
-            primary.append(Request(x, _stream_name(), True, True, "score", (index, 0), lane=self.groups[index].lane))
+            primary.append(Request(x, _stream_name(), True, "score", (index, 0), lane=self.groups[index].lane))
         self.nll_sum, self.correct, self.masked = 0.0, 0, 0
         self.expected_masked = int((targets != IGNORE).sum())
         shadows = [self._replay() for _ in range(max(0, self.protocol.replay_probes - 1))]

@@ -42,7 +42,6 @@ VALID: dict[str, dict[str, Any]] = {
     "loaded": {"type": "loaded", "seq": 1},
     "rows": {"type": "rows", "id": 0},
     "described": {"type": "described", "path": "/entry/x.py", "ok": True, "schema": {}, "kind": None, "reason": None},
-    "done": {"type": "done"},
     "failure": {"type": "failure", "kind": "runtime_error", "reason": "setup raised", "traceback": "..."},
 }
 

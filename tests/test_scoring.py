@@ -40,8 +40,7 @@ def drive(plan: ScorePass, models: tuple[Model, Model], initial: Callable[[int],
         state = initial(request.inputs.shape[0]) if request.fresh else lane_states.pop(request.stream)
         with torch.inference_mode():
             rows, state = model(torch.from_numpy(request.inputs.astype(np.int64)), state)
-        if request.keep:
-            lane_states[request.stream] = state
+        lane_states[request.stream] = state
         plan.take(request, rows.float().contiguous())
     return plan.result()
 

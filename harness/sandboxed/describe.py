@@ -1,4 +1,4 @@
-"""`python -I -m harness.sandboxed.describe CHANNEL_FD`: import entries, report their hyper-parameter schema.
+"""`python -m harness.sandboxed.describe CHANNEL_FD`: import one entry, report its hyper-parameter schema.
 
 The supervisor uses the schema only to type `--hparam` strings for that same entry (a lie changes
 nothing but the entry's own run, whose trainer checks the values again); names, tracks and authors
@@ -9,25 +9,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
-from harness.sandboxed.common import Failure, die_with_parent
+from harness.sandboxed.common import run_child
 from harness.sandboxed.loader import hparam_schema, import_entry_class
-from harness.sandboxed.wire import Wire
 
 
 def main(argv: list[str]) -> int:
-    die_with_parent()
-    wire = Wire(int(argv[0]))
-    spec, _ = wire.receive()
-    for raw_path in spec["paths"]:
-        try:
-            cls = import_entry_class(Path(raw_path))
-            wire.send({"type": "described", "path": raw_path, "ok": True, "schema": hparam_schema(cls.Hparams)})
-        except Failure as failure:
-            wire.send({"type": "described", "path": raw_path, "ok": False, "kind": failure.kind,
-                       "reason": failure.reason[:4000]})
-    wire.send({"type": "done"})
-    return 0
+    return run_child(argv, describe)
+
+
+def describe(spec: dict[str, Any], wire: Any) -> None:
+    """One entry per process: no entry's code can speak for another's."""
+    cls = import_entry_class(Path(spec["path"]))
+    wire.send({"type": "described", "path": spec["path"], "ok": True, "schema": hparam_schema(cls.Hparams)})
 
 
 if __name__ == "__main__":
