@@ -21,7 +21,7 @@ import numpy as np
 from harness.budget import RunLimits
 from harness.entries import EntrySource, static_metadata
 from harness.errors import EntryError, FailureKind, RunStatus
-from harness.execution import ChildLimits, RunData, RunResult, RunSpec, SandboxedChild, execute_run
+from harness.execution import ChildLimits, RunData, RunEnd, RunResult, RunSpec, SandboxedChild, execute_run
 from harness.protocol import ChildGone, ProtocolViolation, child_failure, validate
 from harness.sandbox import Confinement
 from harness.scoring import EvalProtocol, describe_audits
@@ -127,6 +127,8 @@ def _describe_one(entry: EntrySource, confinement: Confinement, timeout: float) 
     except (ProtocolViolation, ChildGone, OSError) as exc:  # it broke the describer's protocol: it fails alone
         return {"ok": False, "kind": FailureKind.CONTRACT_VIOLATION.value,
                 "reason": f"reading its hyper-parameters failed: {exc}"}
+    except RunEnd as end:  # the same limits as a run: memory, processes, output, disk
+        return {"ok": False, "kind": end.failure.value, "reason": f"reading its hyper-parameters: {end.reason}"}
     finally:
         if child is not None:
             child.release()
@@ -137,6 +139,7 @@ def _described(child: SandboxedChild, deadline: float) -> dict[str, Any]:
     """The child's one `described` message, or why there is none (it hung, crashed or lied about its kind)."""
     while time.monotonic() < deadline and not child.channel.closed:
         child.poll(0.1)
+        child.check_limits()
         if child.queue:
             message = validate(child.queue.popleft(), frozenset({"described"}))
             if message["type"] == "failure":

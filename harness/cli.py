@@ -166,7 +166,7 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
             entries = [_refuse_unsandboxed(entry, confinement) for entry in entries]
         # Pinned hyper-parameters (competition.toml) first, --hparam on top: typed against each schema.
         pairs = {entry.name: competition.pinned_pairs(entry.name) + list(hparams) for entry in entries}
-        overrides = _typed_overrides(entries, pairs, confinement) if any(pairs.values()) else {}
+        overrides, entries = _typed_overrides(entries, pairs, confinement)
         seed_list = [seed + i for i in range(seeds or competition.seeds)]
         config = {"competition": competition.as_dict(), "division": division.name,
                   "options": {"budget": limits.seconds, "memory_bytes": limits.memory_bytes, "evals": limits.evals,
@@ -282,20 +282,27 @@ def _refuse_unsandboxed(entry: EntrySource, confinement: Confinement) -> EntrySo
 
 
 def _typed_overrides(entries: list[EntrySource], pairs: dict[str, list[str]],
-                     confinement: Confinement) -> dict[str, dict[str, Any]]:
-    """Check `--hparam` against each entry's schema (read in a sandboxed process: importing runs its code)."""
+                     confinement: Confinement) -> tuple[dict[str, dict[str, Any]], list[EntrySource]]:
+    """Type `--hparam` and pinned pairs against the schemas of the entries that have any (each read in
+    its own sandboxed process: importing runs its code). Returns the typed values, and the entries
+    with a `problem` where the schema could not be read: such an entry fails alone, visibly, rather
+    than running with its organiser's values silently dropped."""
     from harness.checking import describe_entries
 
-    runnable = [entry for entry in entries if not entry.problem]
-    descriptions = describe_entries(runnable, confinement) if runnable else {}
-    typed = {}
-    for entry in runnable:
-        description = descriptions[entry.name]
-        if description["ok"]:
+    wanted = [entry for entry in entries if not entry.problem and pairs.get(entry.name)]
+    descriptions = describe_entries(wanted, confinement) if wanted else {}
+    typed: dict[str, dict[str, Any]] = {}
+    kept: list[EntrySource] = []
+    for entry in entries:
+        description = descriptions.get(entry.name)
+        if description is not None and description["ok"]:
             typed[entry.name] = parse_overrides(pairs[entry.name], description["schema"], entry.name)
-        else:  # it will fail alone when it runs, with its traceback recorded
-            typed[entry.name] = {}
-    return typed
+        elif description is not None:
+            problem = f"its hyper-parameters could not be read to apply {' '.join(pairs[entry.name])}: " \
+                      f"[{description['kind']}] {description['reason']}"
+            entry = EntrySource(entry.name, entry.path, entry.kind, entry.source, entry.source_hash, problem)
+        kept.append(entry)
+    return typed, kept
 
 
 class ProgressView:
@@ -435,7 +442,10 @@ def check(path: str, hparams: tuple[str, ...], device: str, timeout: float, sand
         if confinement.sandbox == "none" and sandbox == "auto":
             raise ConfigError(f"no working sandbox here ({confinement.note}); install bubblewrap, or pass "
                               "--sandbox none to run this entry's code unconfined")
-        overrides = _typed_overrides([entry], {entry.name: list(hparams)}, confinement)[entry.name] if hparams else {}
+        typed, (described,) = _typed_overrides([entry], {entry.name: list(hparams)}, confinement)
+        if described.problem:
+            raise EntryError(f"{path}: {described.problem}")
+        overrides = typed.get(entry.name, {})
         _, found = check_entry(entry, overrides, resolve_device(device), confinement, timeout)
         for finding in found:
             mark = click.style("ok  ", fg="green") if finding["ok"] else click.style("FAIL", fg="red")

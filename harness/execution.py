@@ -38,7 +38,7 @@ from harness.clock import TrainingClock
 from harness.errors import FailureKind, RunStatus
 from harness.feed import MAX_BATCH_TOKENS, TrainFeed
 from harness.protocol import Channel, ChildGone, ProtocolViolation, child_failure, validate
-from harness.sandbox import Cgroup, Confinement, SandboxSpec, disk_usage, start_sandboxed
+from harness.sandbox import Cgroup, Confinement, DiskUnreadable, SandboxSpec, disk_usage, start_sandboxed
 from harness.scoring import EvalProtocol, MaskedScore, Request, ScoreFailure, ScorePass, SplitScore, payload_of, sentence_nll
 
 POLL_SECONDS = 0.1
@@ -190,7 +190,8 @@ class SandboxedChild:
     def __init__(self, name: str, module: str, work_dir: Path, read_only: tuple[Path, ...],
                  extra_fds: tuple[int, ...], spec_message: dict[str, Any], limits: ChildLimits,
                  confinement: Confinement, log_path: Path) -> None:
-        self.name, self.work_dir = name, work_dir
+        self.name, self.work_dir, self.limits = name, work_dir, limits
+        self.last_disk_check = 0.0
         self.cgroup, cgroup_note = Cgroup.create(f"ptb-harness-{os.getpid()}-{secrets.token_hex(4)}-{name}",
                                                  limits.memory_bytes, float(limits.threads))
         self.note = cgroup_note
@@ -218,6 +219,40 @@ class SandboxedChild:
         self.sampled_peak = 0
         self.released = False
         self.channel.send(spec_message)
+
+    def disk_due(self) -> bool:
+        return time.monotonic() - self.last_disk_check >= DISK_CHECK_SECONDS
+
+    def check_limits(self) -> None:
+        """Raise RunEnd if this process broke a limit: memory, processes, output, or (once a second) disk."""
+        limits = self.limits
+        if self.cgroup is not None and self.cgroup.oom_killed():
+            raise RunEnd(RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY,
+                         f"memory reached the {format_bytes(limits.memory_bytes)} budget in the {self.name}: the "
+                         "kernel's memory limit (cgroup) stopped it")
+        rss = self.sample()
+        if rss > limits.memory_bytes:
+            raise RunEnd(RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY,
+                         f"memory of the {self.name} reached {format_bytes(rss)}, over the "
+                         f"{format_bytes(limits.memory_bytes)} budget")
+        if self.process_count() > MAX_CHILD_PROCESSES:
+            raise RunEnd(RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
+                         f"the run started more than {MAX_CHILD_PROCESSES} processes")
+        if self.log_bytes > MAX_LOG_BYTES:
+            raise RunEnd(RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
+                         f"the run printed more than {format_bytes(MAX_LOG_BYTES)} of output")
+        if not self.disk_due():
+            return
+        self.last_disk_check = time.monotonic()
+        try:
+            used, entries = disk_usage(self.work_dir)
+        except DiskUnreadable as exc:
+            raise RunEnd(RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
+                         f"the {self.name} made {exc} in its run directory") from exc
+        if used > limits.disk_bytes or entries >= 100_000:
+            raise RunEnd(RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
+                         f"the {self.name} wrote {format_bytes(used)} in {entries:,} files to its run "
+                         f"directory, over the {format_bytes(limits.disk_bytes)} disk quota")
 
     def poll(self, timeout: float) -> None:
         """Wait up to `timeout` for this child alone, reading its frames and its output."""
@@ -323,7 +358,6 @@ class _Run:
         self.feed: TrainFeed | None = None
         self.phase = "starting"
         self.last_limits_check = 0.0
-        self.last_disk_check = 0.0
         self.last_progress = 0.0
         self.last_loss: float | None = None
         self.context = 0
@@ -830,29 +864,10 @@ class _Run:
             raise RunEnd(RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
                          f"the run printed more than {format_bytes(MAX_LOG_BYTES)} of output")
         for child in self.children:
-            if child.exit_code is not None or child.released:
-                continue
-            if child.cgroup is not None and child.cgroup.oom_killed():
-                self._check_memory_ended(child)
-            rss = child.sample()
-            if rss > self.spec.limits.memory_bytes:
-                raise RunEnd(RunStatus.OUT_OF_MEMORY, FailureKind.OUT_OF_MEMORY,
-                             f"memory of the {child.name} reached {format_bytes(rss)}, over the "
-                             f"{format_bytes(self.spec.limits.memory_bytes)} budget")
-            if child.process_count() > MAX_CHILD_PROCESSES:
-                raise RunEnd(RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
-                             f"the run started more than {MAX_CHILD_PROCESSES} processes")
-        if now - self.last_disk_check >= DISK_CHECK_SECONDS:
-            self.last_disk_check = now
-            for child in self.children:
-                if child.released:
-                    continue
-                self._sample_resources(child)
-                used, entries = disk_usage(child.work_dir)
-                if used > self.spec.disk_bytes or entries >= 100_000:
-                    raise RunEnd(RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
-                                 f"the {child.name} wrote {format_bytes(used)} in {entries:,} files to its run "
-                                 f"directory, over the {format_bytes(self.spec.disk_bytes)} disk quota")
+            if child.exit_code is None and not child.released:
+                if child.disk_due():
+                    self._sample_resources(child)
+                child.check_limits()
 
     def _sample_resources(self, child: SandboxedChild) -> None:
         if child.cgroup is None or child.exit_code is not None:

@@ -69,6 +69,24 @@ def _dict(value: Any) -> bool:
     return isinstance(value, dict)
 
 
+_FIELD_TYPES = frozenset({"int", "float", "bool", "str", "other"})
+
+
+def _schema(value: Any) -> bool:
+    """A hyper-parameter schema exactly as the describer builds it: the parent types `--hparam`
+    strings with it, so every field must have the shape the parser reads."""
+    if not isinstance(value, dict) or len(value) > 500:
+        return False
+    for name, field in value.items():
+        if not (isinstance(name, str) and 0 < len(name) <= 100 and isinstance(field, dict)):
+            return False
+        if set(field) != {"type", "list", "optional", "default"} or field["type"] not in _FIELD_TYPES:
+            return False
+        if not (isinstance(field["list"], bool) and isinstance(field["optional"], bool)):
+            return False
+    return True  # defaults are shown, never parsed: any JSON value will do
+
+
 def _kind(value: Any) -> bool:
     return isinstance(value, str) and value in {k.value for k in CHILD_KINDS}
 
@@ -89,7 +107,7 @@ SCHEMAS: dict[str, dict[str, Callable[[Any], bool]]] = {
     "ready": {"eval_context": _int(0, 1024), "eval_window": _int(1, 64)},
     "loaded": {"seq": _int(0, 10**6)},
     "rows": {"id": _int(0, 2**40)},
-    "described": {"path": _text(4096), "ok": _bool, "schema": lambda v: v is None or isinstance(v, dict),
+    "described": {"path": _text(4096), "ok": _bool, "schema": lambda v: v is None or _schema(v),
                   "kind": lambda v: v is None or _kind(v), "reason": _text(4000, optional=True)},
     "failure": {"kind": lambda v: isinstance(v, str) and len(v) < 100, "reason": _text(4000),
                 "traceback": _text(16_000, optional=True)},
@@ -125,6 +143,8 @@ def validate(message: Any, expected: frozenset[str]) -> dict[str, Any]:
             raise ProtocolViolation(f"a {kind!r} message whose {field!r} is {_show(message[field])}")
     # Every optional field is present afterwards (None where it was left out), so no reader can trip on one.
     message = {**{field: OPTIONAL_DEFAULTS.get(field) for field in optional}, **message}
+    if kind == "described" and message["ok"] and message["schema"] is None:
+        raise ProtocolViolation("a 'described' message that says ok without a schema")
     if kind == "next" and isinstance(message.get("loss"), float) and not math.isfinite(message["loss"]):
         message = {**message, "loss": None}  # the trainer reports non-finite losses as failures itself
     return message

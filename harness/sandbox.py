@@ -359,30 +359,48 @@ def disk_usage(path: Path, max_entries: int = 100_000) -> tuple[int, int]:
     return total, entries
 
 
+class DiskUnreadable(Exception):
+    """A folder in a child's work directory that the harness cannot open to measure."""
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
 def _walk(root: Path) -> Iterator[os.stat_result]:
-    pending = [str(root)]
+    """Every entry under `root`, each folder opened by a descriptor relative to its parent with
+    O_NOFOLLOW: a link swapped in anywhere on the way is never followed, and nothing is changed."""
+    try:
+        pending = [os.open(root, _DIR_FLAGS)]
+    except FileNotFoundError:
+        return
+    try:
+        yield from _walk_from(pending)
+    finally:  # the walk may be stopped early (past the entry cap): close what is still open
+        for folder in pending:
+            os.close(folder)
+
+
+def _walk_from(pending: list[int]) -> Iterator[os.stat_result]:
     while pending:
         folder = pending.pop()
         try:
             with os.scandir(folder) as listing:
                 children = list(listing)
-        except FileNotFoundError:
-            continue
-        except PermissionError:  # a folder its owner made unreadable: make it readable and look again
-            try:
-                os.chmod(folder, 0o700, follow_symlinks=False)
-                with os.scandir(folder) as listing:
-                    children = list(listing)
-            except OSError:
-                continue
-        for child in children:
-            try:
-                info = child.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            yield info
-            if stat.S_ISDIR(info.st_mode):
-                pending.append(child.path)
+            for child in children:
+                try:
+                    info = child.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                yield info
+                if stat.S_ISDIR(info.st_mode):
+                    try:
+                        pending.append(os.open(child.name, _DIR_FLAGS, dir_fd=folder))
+                    except FileNotFoundError:
+                        continue
+                    except OSError as exc:  # unreadable, or turned into a link meanwhile
+                        raise DiskUnreadable(f"a folder the harness cannot open to measure ({exc.strerror})") from exc
+        finally:
+            os.close(folder)
 
 
 class Cgroup:

@@ -345,4 +345,4 @@ def test_one_entry_cannot_describe_another(tmp_path: Path) -> None:
     described = describe_entries(entries, confinement)
     assert described["good_bigram"]["ok"], described["good_bigram"]
     pairs = {entry.name: ["max_steps=3"] for entry in entries}
-    assert _typed_overrides(entries, pairs, confinement)["good_bigram"] == {"max_steps": 3}
+    assert _typed_overrides(entries, pairs, confinement)[0]["good_bigram"] == {"max_steps": 3}
