@@ -20,7 +20,7 @@ import numpy as np
 
 from harness.budget import RunLimits
 from harness.entries import EntrySource, static_metadata
-from harness.errors import EntryError, FailureKind, RunStatus
+from harness.errors import FailureKind, RunStatus
 from harness.execution import ChildLimits, RunData, RunEnd, RunResult, RunSpec, SandboxedChild, execute_run
 from harness.protocol import ChildGone, ProtocolViolation, child_failure, validate
 from harness.sandbox import Confinement

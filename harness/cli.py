@@ -26,7 +26,7 @@ from harness.config import load_competition
 from harness.data import DataSource, load_corpus
 from harness.executors import make_executor
 from harness.entries import EntrySource, discover, parse_overrides, select, static_metadata
-from harness.errors import ConfigError, EntryError, FailureKind, HarnessError, RunStatus, StoreError, redact_url
+from harness.errors import ConfigError, EntryError, FailureKind, HarnessError, HparamError, RunStatus, StoreError, redact_url
 from harness.store import Store
 from harness.sandbox import Confinement, resolve_confinement
 from harness.plan import make_plan
@@ -296,7 +296,13 @@ def _typed_overrides(entries: list[EntrySource], pairs: dict[str, list[str]],
     for entry in entries:
         description = descriptions.get(entry.name)
         if description is not None and description["ok"]:
-            typed[entry.name] = parse_overrides(pairs[entry.name], description["schema"], entry.name)
+            try:
+                typed[entry.name] = parse_overrides(pairs[entry.name], description["schema"], entry.name)
+            except HparamError as exc:
+                if len(entries) == 1:  # the one entry asked for: a usage error, said at once
+                    raise
+                # Among several, one entry's schema (its own word) cannot stop the others.
+                entry = EntrySource(entry.name, entry.path, entry.kind, entry.source, entry.source_hash, str(exc))
         elif description is not None:
             problem = f"its hyper-parameters could not be read to apply {' '.join(pairs[entry.name])}: " \
                       f"[{description['kind']}] {description['reason']}"

@@ -171,8 +171,8 @@ _PARSERS = {"int": int, "float": float, "str": str, "bool": _parse_bool}
 def static_metadata(entry: EntrySource) -> dict[str, str]:
     """name / authors / description / track read from the source without running it.
 
-    Only string literals assigned in a class that derives from `Entry` are read; anything the
-    source computes shows as empty here (the run records the real values).
+    Only string literals assigned in the entry class (or a base of it in the module) are read;
+    anything the source computes shows as empty here.
     """
     found = {"name": entry.name, "authors": "", "description": "", "track": "causal"}
     try:
@@ -183,14 +183,45 @@ def static_metadata(entry: EntrySource) -> dict[str, str]:
     except (RecursionError, MemoryError, ValueError) as exc:  # nested too deep, or NUL bytes: its import fails
         found["description"] = f"(does not parse: {type(exc).__name__})"
         return found
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and any(_base_name(base) == "Entry" for base in node.bases):
-            for statement in node.body:
-                target, value = _simple_assignment(statement)
-                if target in found and isinstance(value, ast.Constant) and isinstance(value.value, str):
-                    if target != "name" or value.value:
-                        found[target] = value.value
+    for node in _entry_chain(tree):
+        for statement in node.body:
+            target, value = _simple_assignment(statement)
+            if target in found and isinstance(value, ast.Constant) and isinstance(value.value, str):
+                if target != "name" or value.value:
+                    found[target] = value.value
     return found
+
+
+def _entry_chain(tree: ast.Module) -> list[ast.ClassDef]:
+    """The module's entry class and the classes of the module it derives from, base first, as the
+    sandboxed loader picks it (the one Entry subclass nothing else derives from): a name or an author
+    line set on a class built on a helper base is read all the same."""
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+
+    def parents(node: ast.ClassDef) -> list[ast.ClassDef]:
+        return [classes[_base_name(b)] for b in node.bases if _base_name(b) in classes and classes[_base_name(b)] is not node]
+
+    def is_entry(node: ast.ClassDef, seen: frozenset[str] = frozenset()) -> bool:
+        if node.name in seen:
+            return False
+        return any(_base_name(b) == "Entry" for b in node.bases) or any(
+            is_entry(parent, seen | {node.name}) for parent in parents(node))
+
+    entries = [node for node in classes.values() if is_entry(node)]
+    leaves = [node for node in entries if not any(node in parents(other) for other in entries if other is not node)]
+    if len(leaves) != 1:
+        return entries  # none or several: the run fails on its import; show what the source says
+    chain: list[ast.ClassDef] = []
+
+    def climb(node: ast.ClassDef) -> None:
+        if node in chain:
+            return
+        for parent in reversed(parents(node)):
+            climb(parent)
+        chain.append(node)
+
+    climb(leaves[0])
+    return chain
 
 
 def _base_name(node: Any) -> str:

@@ -101,10 +101,14 @@ class EntryFailure(Exception):
         self.traceback = traceback
 
 
-# scheme://user:password@host -> scheme://user:***@host; a URL may sit anywhere in a message.
+# scheme://user:password@host -> scheme://user:***@host, and ...?password=x -> ...?password=***; a URL
+# may sit anywhere in a message.
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)(?P<password>[^@\s]*)(?P<at>@)")
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)[^&\s]*", re.IGNORECASE)
 
 
-def redact_url(text: str) -> str:
-    """`text` with the password of every URL in it replaced by `***`, so no message leaks one."""
-    return _URL_PASSWORD.sub(lambda m: m.group("head") + "***" + m.group("at"), str(text))
+def redact_url(text: object) -> str:
+    """`text` (a message, a database path or URL) with every URL's password replaced by `***`,
+    in the user part or as a query parameter, so no message or log leaks one."""
+    masked = _URL_PASSWORD.sub(lambda m: m.group("head") + "***" + m.group("at"), str(text))
+    return _QUERY_PASSWORD.sub(lambda m: m.group("head") + "***", masked)

@@ -32,7 +32,6 @@ import numpy as np
 import psutil
 import torch
 
-import harness
 from harness.budget import RunLimits, format_bytes, kill_tree, tree_rss
 from harness.clock import TrainingClock
 from harness.errors import FailureKind, RunStatus
@@ -760,7 +759,7 @@ class _Run:
             shape = info.get("shape")
             if isinstance(shape, list) and all(isinstance(d, int) and 0 <= d < 2**40 for d in shape):
                 total += math.prod(shape)  # exact integers: a header cannot overflow the count
-        return total
+        return total if total < 2**62 else None  # a header claiming more is not a model: no count
 
     # --- Waiting, and every limit while waiting ----------------------------------------------------------
 

@@ -25,8 +25,8 @@ Schema versions are Alembic migrations in harness/migrations, applied on open.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
-import re
 import socket
 import sqlite3
 import threading
@@ -45,7 +45,7 @@ from sqlalchemy.engine import Engine, URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-from harness.errors import RunStatus, StoreError
+from harness.errors import redact_url, RunStatus, StoreError
 
 SCHEMA_VERSION = 3
 """The schema these models describe: Alembic revision 0003 (harness/migrations/versions)."""
@@ -79,6 +79,48 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
         return self.process_bind_param(value, dialect)
 
 
+def _clean(value: Any) -> Any:
+    """A value PostgreSQL and SQLite both store: no NUL in text, no non-finite float inside JSON."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {_clean(k) if isinstance(k, str) else k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class SafeString(TypeDecorator[str]):
+    """Text that a participant may have written (a name, a log, a reason): NUL bytes dropped and cut
+    to the column's length, so no entry can make the database refuse its row."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        if value is None:
+            return None
+        text = _clean(str(value))
+        return text[: self.impl.length] if self.impl.length else text
+
+
+class SafeText(SafeString):
+    impl = Text
+    cache_ok = True
+
+
+class SafeJSON(TypeDecorator[Any]):
+    """JSON that may hold a child's values: NUL-free strings, non-finite floats as null."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return _clean(value)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -100,39 +142,39 @@ class Run(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # What ran.
-    entry: Mapped[str] = mapped_column(String(200), index=True)
-    entry_kind: Mapped[str] = mapped_column(String(20), default="submission")
-    entry_path: Mapped[str] = mapped_column(Text)
-    source_hash: Mapped[str] = mapped_column(String(64), index=True)
-    source: Mapped[str] = mapped_column(Text)
-    display_name: Mapped[str | None] = mapped_column(String(200))
-    authors: Mapped[str | None] = mapped_column(Text)
-    description: Mapped[str | None] = mapped_column(Text)
-    track: Mapped[str] = mapped_column(String(40), default="causal", index=True)
-    hparams: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    hparam_overrides: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    entry: Mapped[str] = mapped_column(SafeString(200), index=True)
+    entry_kind: Mapped[str] = mapped_column(SafeString(20), default="submission")
+    entry_path: Mapped[str] = mapped_column(SafeText)
+    source_hash: Mapped[str] = mapped_column(SafeString(64), index=True)
+    source: Mapped[str] = mapped_column(SafeText)
+    display_name: Mapped[str | None] = mapped_column(SafeString(200))
+    authors: Mapped[str | None] = mapped_column(SafeText)
+    description: Mapped[str | None] = mapped_column(SafeText)
+    track: Mapped[str] = mapped_column(SafeString(40), default="causal", index=True)
+    hparams: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)
+    hparam_overrides: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)
     seed: Mapped[int] = mapped_column(BigInteger)
-    run_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    run_key: Mapped[str | None] = mapped_column(SafeString(64), index=True)
     """Digest of everything that determines the result: equal keys, reusable result."""
-    config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    config: Mapped[dict[str, Any] | None] = mapped_column(SafeJSON)
     """The resolved competition config and options the run was started with."""
     # Where and under which limits.
-    division: Mapped[str | None] = mapped_column(String(40))
-    hardware: Mapped[str | None] = mapped_column(String(300))
-    device: Mapped[str] = mapped_column(String(20))
-    device_name: Mapped[str | None] = mapped_column(String(200))
+    division: Mapped[str | None] = mapped_column(SafeString(40))
+    hardware: Mapped[str | None] = mapped_column(SafeString(300))
+    device: Mapped[str] = mapped_column(SafeString(20))
+    device_name: Mapped[str | None] = mapped_column(SafeString(200))
     threads: Mapped[int | None] = mapped_column(Integer)
     budget_seconds: Mapped[float] = mapped_column(Float)
     memory_limit_bytes: Mapped[int] = mapped_column(BigInteger)
-    eval_protocol: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    data_checksums: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    eval_protocol: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)
+    data_checksums: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)
     # How it ended.
-    status: Mapped[str] = mapped_column(String(20), index=True, default=RunStatus.RUNNING.value)
-    failure: Mapped[str | None] = mapped_column(String(40))
-    reason: Mapped[str | None] = mapped_column(Text)
-    traceback: Mapped[str | None] = mapped_column(Text)
-    log_tail: Mapped[str | None] = mapped_column(Text)
-    checks: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(SafeString(20), index=True, default=RunStatus.RUNNING.value)
+    failure: Mapped[str | None] = mapped_column(SafeString(40))
+    reason: Mapped[str | None] = mapped_column(SafeText)
+    traceback: Mapped[str | None] = mapped_column(SafeText)
+    log_tail: Mapped[str | None] = mapped_column(SafeText)
+    checks: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)
     # Scores: perplexity with the number of tokens it is over, and the summed NLL behind it.
     valid_ppl: Mapped[float | None] = mapped_column(Float)
     valid_tokens: Mapped[int | None] = mapped_column(BigInteger)
@@ -151,31 +193,31 @@ class Run(Base):
     epochs: Mapped[float | None] = mapped_column(Float)
     tokens_trained: Mapped[int | None] = mapped_column(BigInteger)
     train_seconds: Mapped[float | None] = mapped_column(Float)
-    stop_reason: Mapped[str | None] = mapped_column(String(40))
+    stop_reason: Mapped[str | None] = mapped_column(SafeString(40))
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     peak_gpu_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     param_count: Mapped[int | None] = mapped_column(BigInteger)
     # Environment.
-    harness_version: Mapped[str] = mapped_column(String(40))
-    git_commit: Mapped[str | None] = mapped_column(String(40))
-    torch_version: Mapped[str | None] = mapped_column(String(40))
-    python_version: Mapped[str | None] = mapped_column(String(40))
-    platform: Mapped[str | None] = mapped_column(Text)
-    environment: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    isolation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    harness_version: Mapped[str] = mapped_column(SafeString(40))
+    git_commit: Mapped[str | None] = mapped_column(SafeString(40))
+    torch_version: Mapped[str | None] = mapped_column(SafeString(40))
+    python_version: Mapped[str | None] = mapped_column(SafeString(40))
+    platform: Mapped[str | None] = mapped_column(SafeText)
+    environment: Mapped[dict[str, Any]] = mapped_column(SafeJSON, default=dict)
+    isolation: Mapped[dict[str, Any] | None] = mapped_column(SafeJSON)
     """The sandbox and memory enforcement the run had (see harness.sandbox)."""
     started_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
     ended_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
-    runner_host: Mapped[str | None] = mapped_column(String(200))
+    runner_host: Mapped[str | None] = mapped_column(SafeString(200))
     runner_pid: Mapped[int | None] = mapped_column(Integer)
     """The host and pid of the driver that claimed the run (the lease holder's process)."""
     # The claim: who holds it and until when (see the module docstring).
-    lease_holder: Mapped[str | None] = mapped_column(String(200))
+    lease_holder: Mapped[str | None] = mapped_column(SafeString(200))
     lease_expires: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
-    node: Mapped[str | None] = mapped_column(String(200))
+    node: Mapped[str | None] = mapped_column(SafeString(200))
     """Where the run executed (the driver's host for local runs, the cluster node for placed ones)."""
-    audits: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    audits: Mapped[dict[str, Any] | None] = mapped_column(SafeJSON)
     """Counts of causality audits and replay probes the run went through."""
     cpu_seconds: Mapped[float | None] = mapped_column(Float)
     max_threads: Mapped[int | None] = mapped_column(Integer)
@@ -225,24 +267,6 @@ def database_url(db: str | os.PathLike[str]) -> str:
     return text_
 
 
-def redact_url(db: str | os.PathLike[str]) -> str:
-    """`db` as it may be shown in a message or log: a URL's password (also one given as a query
-    parameter) replaced by ***. Paths are returned unchanged."""
-    text_ = str(db)
-    if "://" not in text_:
-        return text_
-    try:
-        url = make_url(text_)
-    except ArgumentError:
-        # Not parseable as a URL: hide everything between the scheme's user name and the host.
-        return _PASSWORD_IN_URL.sub(r"\1***@", text_)
-    if "password" not in url.query:
-        return url.render_as_string(hide_password=True)
-    # Rendering would percent-encode a literal ***: put a plain placeholder in, then swap it.
-    rendered = url.update_query_dict({"password": "REDACTED"}).render_as_string(hide_password=True)
-    return rendered.replace("password=REDACTED", "password=***")
-
-
 def _scrub(message: str, url: URL | None) -> str:
     """A driver's error message with the URL's password removed, wherever the driver echoed it."""
     secrets = [url.password, url.query.get("password")] if url is not None else []
@@ -252,7 +276,6 @@ def _scrub(message: str, url: URL | None) -> str:
     return message
 
 
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 _HOLDER: str | None = None
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 
 import harness
 from harness.budget import RunLimits
@@ -168,7 +169,14 @@ class Supervisor:
                 fields["device_name"] = node_environment["node_cpu"]  # the node's CPU, not the driver's
         if result.ok:
             self._save_token_nll(run_id, result)
-        self.store.finish_run(run_id, result.status, **fields)
+        try:
+            self.store.finish_run(run_id, result.status, **fields)
+        except (SQLAlchemyError, OverflowError, ValueError) as exc:  # a value the database refuses: this
+            # run fails as the harness's fault, recorded with why; the runs after it go on
+            result = RunResult(RunStatus.FAILED, FailureKind.HARNESS_ERROR,
+                               f"the harness could not store this run's result: {type(exc).__name__}: {exc}"[:2000])
+            fields = {"failure": FailureKind.HARNESS_ERROR.value, "reason": result.reason, "peak_memory_bytes": None}
+            self.store.finish_run(run_id, result.status, failure=fields["failure"], reason=result.reason)
         outcome = RunOutcome(
             run_id=run_id, entry=request.entry.name, status=result.status, failure=fields["failure"],
             reason=result.reason, valid_ppl=fields.get("valid_ppl"), valid_tokens=fields.get("valid_tokens"),

@@ -142,3 +142,15 @@ def test_names_are_compared_as_a_reader_sees_them_and_deep_nesting_fails_alone(t
     assert "is taken by baseline unigram.py" in found["submissions/zw"].problem
     assert "reserved for the harness's baselines" in found["submissions/wide"].problem
     assert "does not parse" in static_metadata(found["deep"])["description"]
+
+
+def test_a_name_set_on_an_entry_built_on_a_helper_base_is_read_and_checked(tmp_path: Path) -> None:
+    """The loader takes the one Entry subclass nothing derives from; the source reading follows it to
+    its bases in the module, so `class Mine(Helper): name = "kn5"` cannot slip past the reserved names."""
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (subs / "mine.py").write_text("class Helper(Entry):\n    authors = 'Ada'\n"
+                                  "class Mine(Helper):\n    name = 'kn5'\n")
+    found = discover({"submission": subs, "baseline": REPO / "baselines"})
+    assert static_metadata(found["submissions/mine"])["authors"] == "Ada"
+    assert "'kn5' is taken by baseline kn5.py" in found["submissions/mine"].problem

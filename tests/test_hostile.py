@@ -114,38 +114,27 @@ ends mid-epoch, at a point that depends on the machine's load, so it is only req
 RUN_OPTIONS = ("--budget", "4", "--memory", "2GiB", "--evals", "1", "--sandbox", "bwrap")
 UNIFORM = ("gc_snoop", "plant_files", "read_secrets", "marker_import", "tamper_describe", "patch_clock", "weights_change")
 """Entries that end `ok` as the uniform model: they score exactly the vocabulary size."""
-GOOD_BIGRAM = HOSTILE / "_good_bigram.py"
-"""tests/entries/good_bigram.py with a compact checkpoint (its dense table is over the file size limit)."""
+GOOD_BIGRAM = ENTRIES / "good_bigram.py"
 PLANTED = "ptb_hostile_planted"
 MARKER = "ptb-hostile-marker"
 SHADOW_LINE = re.compile(r"root:[^:\s]*:\d*:\d*:")
 
 
 def materialise(path: Path) -> str:
-    """The entry as the one self-contained module a participant submits: the shared well-behaved
-    base (tests/hostile/_base.py) pasted in where the file imports it. The pasted base class is
-    marked as coming from elsewhere, so the module still defines exactly one Entry of its own."""
-    base = (HOSTILE / "_base.py").read_text().split('"""', 2)[2]
-    base += '\nUniform.__module__ = "tests.hostile._base"  # a helper base, not the entry\n'
+    """The entry as the one self-contained module a participant submits: each shared helper it imports
+    from tests/hostile/ (the well-behaved base `_base.py`, the channel finder `_channel.py`) pasted in
+    where it is imported, once."""
+    pasted: set[str] = set()
     lines = []
     for line in path.read_text().splitlines():
-        if line.startswith("from tests.hostile._base import") or line.startswith("from tests.hostile import"):
-            lines.append(base)
-        else:
+        match = re.match(r"from tests\.hostile(?:\.(_\w+))? import (\w+)", line)
+        if not match:
             lines.append(line)
-    return "\n".join(lines) + "\n"
-
-
-def materialise(path: Path) -> str:
-    """The entry as the one self-contained module a participant submits: the shared well-behaved
-    base (tests/hostile/_base.py) pasted in where the file imports it."""
-    base = (HOSTILE / "_base.py").read_text().split('"""', 2)[2]
-    lines = []
-    for line in path.read_text().splitlines():
-        if line.startswith("from tests.hostile._base import") or line.startswith("from tests.hostile import"):
-            lines.append(base)
-        else:
-            lines.append(line)
+            continue
+        helper = match.group(1) or match.group(2)
+        if helper not in pasted:
+            pasted.add(helper)
+            lines.append((HOSTILE / f"{helper}.py").read_text().split('"""', 2)[2])
     return "\n".join(lines) + "\n"
 
 
@@ -257,7 +246,11 @@ def test_hostile_corpus_in_one_run_all(tmp_path: Path, env: dict[str, str]) -> N
     for entry in UNIFORM:
         assert math.isclose(runs[entry].valid_ppl, VOCAB, rel_tol=1e-4), (entry, runs[entry].valid_ppl)
         assert math.isclose(runs[entry].test_ppl, VOCAB, rel_tol=1e-4), (entry, runs[entry].test_ppl)
-    assert runs["valid_memory"].valid_ppl > 100  # it recited valid at 1.11 when the pass scorers lived on
+    # It recited valid at 1.11 when the pass scorers lived on: the attack is active (its pass scorers
+    # remembered valid), and the final scorers, fresh, had nothing to recite.
+    assert "valid_memory: remembered" in runs["valid_memory"].log_tail, runs["valid_memory"].log_tail[-800:]
+    assert "valid_memory: reciting from 0 contexts" in runs["valid_memory"].log_tail
+    assert runs["valid_memory"].valid_ppl > 100
     honest, bonus = runs["gc_snoop"], runs["tolerance_bonus"]  # the same uniform model, without and with +0.00099
     assert bonus.valid_ppl >= honest.valid_ppl * (1 - 1e-6) and bonus.test_ppl >= honest.test_ppl * (1 - 1e-6)
     assert "nothing split-sized in the trainer" in honest.log_tail and "nothing split-sized in the scorer" in honest.log_tail
@@ -345,4 +338,8 @@ def test_one_entry_cannot_describe_another(tmp_path: Path) -> None:
     described = describe_entries(entries, confinement)
     assert described["good_bigram"]["ok"], described["good_bigram"]
     pairs = {entry.name: ["max_steps=3"] for entry in entries}
-    assert _typed_overrides(entries, pairs, confinement)[0]["good_bigram"] == {"max_steps": 3}
+    typed, kept = _typed_overrides(entries, pairs, confinement)
+    assert typed["good_bigram"] == {"max_steps": 3}
+    # Its forged description of itself (a schema without max_steps) fails it alone, not the command.
+    (tampered,) = [entry for entry in kept if entry.name == "tamper_describe"]
+    assert "no hyper-parameter 'max_steps'" in (tampered.problem or ""), tampered.problem

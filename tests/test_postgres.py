@@ -147,3 +147,17 @@ def test_harness_run_claims_records_and_reuses_in_postgres(pg_db: str, tmp_path:
     [run] = Store(pg_db, read_only=True).runs()
     assert run.status == "ok" and round(run.test_ppl, 2) == 639.30 and run.test_tokens == 82_430
     assert run.lease_holder and run.memory_limit_bytes == 8 * 2**30 and run.ended_at.tzinfo is not None
+
+
+def test_text_and_values_a_participant_controls_cannot_make_the_database_refuse_a_run(pg_db: str) -> None:
+    """A NUL in a printed log or a reason, a NaN in reported hyper-parameters, a 300-character name:
+    PostgreSQL refuses each as it is; the store keeps the row (NUL dropped, NaN as null, name cut)."""
+    from harness.errors import RunStatus
+
+    store = Store(pg_db)
+    run_id = store.start_run(**{**RUN, "display_name": "A" * 300})
+    store.finish_run(run_id, RunStatus.FAILED, log_tail="x\x00y", reason="a\x00b",
+                     hparams={"lr": float("nan"), "name": "n\x00"})
+    run = store.get_run(run_id)
+    assert run.status == "failed" and run.log_tail == "xy" and run.reason == "ab"
+    assert run.hparams == {"lr": None, "name": "n"} and run.display_name == "A" * 200

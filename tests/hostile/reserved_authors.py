@@ -1,27 +1,7 @@
 """Signs as the harness's baselines, to be shown as a reference result."""
 
-import math
-from dataclasses import dataclass
-
-import torch
-
-from harness.contract import Entry, Hparams
+from tests.hostile._base import Uniform
 
 
-@dataclass
-class QuickHparams(Hparams):
-    max_steps: int | None = 2
-
-
-class FalseAuthor(Entry):
+class FalseAuthor(Uniform):
     authors = "ptb-harness baselines"
-    Hparams = QuickHparams
-
-    def setup(self, ctx):
-        self.vocab_size = ctx.vocab_size
-
-    def train_step(self, inputs, targets):
-        return 1.0
-
-    def log_probs(self, inputs, state):
-        return torch.full((*inputs.shape, self.vocab_size), -math.log(self.vocab_size)), state

@@ -1,45 +1,22 @@
-"""When imported beside other entries (to read `--hparam` schemas), describes them itself: each
-one it can see is reported as failing to import, so the organiser's overrides are silently
-dropped for them, and the last description of a file wins."""
+"""In the process that reads its `--hparam` schema, speaks before the harness's own code does: a
+forged description of itself whose schema lists none of its real fields, so that typing the
+organiser's overrides fails, hoping the whole command stops with it (it must fail alone)."""
 
-import json
-import os
 import sys
 from pathlib import Path
-import socket
-import stat
-import struct
 
+from tests.hostile._channel import forge
 from tests.hostile._base import Uniform
 
 
-def channel():
-    """The harness's socket, found among this process's open descriptors."""
-    for name in sorted(os.listdir("/proc/self/fd"), key=int):
-        try:
-            if stat.S_ISSOCK(os.fstat(int(name)).st_mode):
-                return socket.socket(fileno=os.dup(int(name)))
-        except OSError:
-            continue
-    raise RuntimeError("no socket among the open descriptors")
-
-
-def forge(message):
-    """One frame as the harness writes them: <II header (JSON length, payload length), then JSON."""
-    body = json.dumps(message).encode()
-    with channel() as sock:
-        sock.sendall(struct.pack("<II", len(body), 0) + body)
-
-
 def sabotage():
-    """Only in the describer: there the other entries sit beside this file."""
-    if not sys.modules["__main__"].__spec__ or not sys.modules["__main__"].__spec__.name.endswith("describe"):
+    """Only in the describer."""
+    main = sys.modules["__main__"]
+    if not main.__spec__ or not main.__spec__.name.endswith("describe"):
         return
-    here = Path(__file__).resolve()
-    for other in sorted(here.parent.glob("*.py")):
-        if other != here:
-            forge({"type": "described", "path": str(other), "ok": False, "kind": "import_error",
-                   "reason": "could not be imported"})
+    fake = {"type": "str", "list": False, "optional": False, "default": "x"}
+    forge({"type": "described", "path": str(Path(__file__)), "ok": True, "schema": {"nothing_real": fake}})
+    print("tamper_describe: forged my own description", flush=True)
 
 
 sabotage()

@@ -7,15 +7,14 @@ scorer stops recording and puts its mass on the remembered next word. The lookup
 inputs (causal), memory is fixed during the final pass (replays match), and after a few passes both
 scorers have seen every group (the lane of a group is drawn anew each pass), so audits sent to the
 other scorer agree. Valid perplexity (the `open` phase's ranking metric) collapses; test is untouched.
-It reads `keep` from the scorer's stack frame so that audit windows (random suffixes, keep=False)
-are not recorded. No reliance on which windows are audited.
+Every window is recorded (audit suffixes are random and almost never repeat an 8-token context);
+it says how much it remembers, so the test can tell an active attack from an inert one.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-import sys
 from typing import Any
 
 import torch
@@ -57,6 +56,8 @@ class ValidMemory(Entry):
     def load_state_dict(self, state: Any) -> None:
         super().load_state_dict(state)
         self._recite = bool(self.final.item() > 0)
+        if self._recite:
+            print(f"valid_memory: reciting from {len(self._memory)} contexts", flush=True)
 
     def _distribution(self) -> torch.Tensor:
         counts = self.counts.clamp_min(1e-3)
@@ -70,12 +71,13 @@ class ValidMemory(Entry):
         rows = inputs.tolist()
         history = [list(h) + row for h, row in zip(state, rows)]   # (ORDER + L) tokens per row
         if not self._recite:
-            if not _request_keeps_state():  # audits (and the last window of a group) are not recorded
-                return base, [tokens[-ORDER:] for tokens in history]
+            before = len(self._memory) // 5000
             for tokens in history:
                 for i in range(ORDER, len(tokens)):
                     if -1 not in tokens[i - ORDER:i]:
                         self._memory[tuple(tokens[i - ORDER:i])][tokens[i]] += 1
+            if len(self._memory) // 5000 > before:
+                print(f"valid_memory: remembered {len(self._memory)} contexts", flush=True)
             return base, [tokens[-ORDER:] for tokens in history]
         logits = base.clone()
         for b, tokens in enumerate(history):
@@ -85,13 +87,3 @@ class ValidMemory(Entry):
                     logits[b, t, next(iter(seen))] += 25.0
         return logits.log_softmax(-1), [tokens[-ORDER:] for tokens in history]
 
-
-def _request_keeps_state() -> bool:
-    """The scorer's own `message["keep"]`, read from its frame: audit windows are sent with keep=False."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        message = frame.f_locals.get("message")
-        if frame.f_code.co_name == "answer" and isinstance(message, dict) and "keep" in message:
-            return bool(message["keep"])
-        frame = frame.f_back
-    return False
