@@ -89,8 +89,8 @@ def findings(result: RunResult) -> list[dict[str, Any]]:
     return [
         {"check": "import, contract, hyper-parameters, setup (trainer and scorer)", "ok": True, "detail": ""},
         {"check": "training", "ok": True,
-         "detail": f"{result.steps} steps, {result.tokens:,} tokens, stopped by {result.stop_reason}; "
-                   "on_epoch_start, on_epoch_end, prepare_for_eval, resume_training, on_train_end called"},
+         "detail": f"{result.steps} steps, {result.tokens:,} tokens, stopped by {result.stop_reason}; hooks called: "
+                   + ", ".join(f"{name} x{count}" for name, count in sorted(result.hooks.items()))},
         {"check": "validation pass from a checkpoint reloaded in the scorer", "ok": True,
          "detail": f"valid perplexity {curve}"},
         {"check": "scoring (rows checked by the supervisor: shape, finite, normalised)", "ok": True,

@@ -99,7 +99,8 @@ class RunSpec:
     eval_at_steps: tuple[int, ...] = ()
     """Validation passes after these steps instead of on the clock (harness check)."""
     step_cap: int | None = None
-    """Stop after this many steps whatever the entry's max_steps (harness check)."""
+    """Stop after this many steps whatever the entry's max_steps, once one epoch has ended (harness
+    check: every hook, on_epoch_end included, runs at least once)."""
     batch_independence: tuple[int, ...] = ()
     """Score valid again with these scoring batch sizes and compare (harness check)."""
 
@@ -139,6 +140,8 @@ class RunResult:
     charged_seconds: float = 0.0
     """Scorer set-up and checkpoint loading beyond their allowances, counted as training time."""
     pass_seconds: list[dict[str, float]] = field(default_factory=list)
+    hooks: dict[str, int] = field(default_factory=dict)
+    """How often the supervisor had the trainer call each hook (what it sent, not what it was told)."""
     """Per validation pass: wall seconds of the whole pass (checkpoint, freeze, load, score, thaw) and of the scoring."""
 
     @property
@@ -506,10 +509,12 @@ class _Run:
             self._progress()
             if pending is not None:
                 self.trainer.channel.send(pending)
+                self._hook("on_validation")
                 pending = None
                 continue
             if self.feed.at_epoch_end():  # an epoch that ran out is closed before anything else
                 self.trainer.channel.send({"type": "epoch_end", "epoch": self.feed.end_epoch()})
+                self._hook("on_epoch_end")
                 epoch_closed = True
                 continue
             stop = self._stop_reason()
@@ -522,11 +527,13 @@ class _Run:
                 seq += 1
                 began = time.monotonic()
                 self.trainer.channel.send({"type": "checkpoint", "seq": seq})
+                self._hook("prepare_for_eval", "resume_training")
                 self._wait_seq(self.trainer, self._training_deadline(), "checkpoint_ready", seq)
                 pending = self._validation_pass(seq, done, passes)
                 self.result.pass_seconds[-1]["total"] = time.monotonic() - began
                 continue
             batch = self.feed.next_batch(request["seq_len"])
+            self._hook("train_step", *(["on_epoch_start"] if batch.epoch_start else []))
             message = {"type": "batch", "shape": list(batch.inputs.shape), "epoch": batch.epoch,
                        "epoch_start": batch.epoch_start, "step": self.feed.steps - 1,
                        "train_seconds": self.clock.elapsed}
@@ -537,11 +544,16 @@ class _Run:
         self._record_counts()
         seq += 1
         self.trainer.channel.send({"type": "stop", "seq": seq, "reason": stop})
+        self._hook("on_train_end", "prepare_for_eval")
         self._wait_seq(self.trainer, self._training_deadline(), "final_ready", seq)
         self.clock.stop()
         self.final_seq = seq
         self.result.peak_memory_bytes = self.trainer.peak
         self._end_trainer()
+
+    def _hook(self, *names: str) -> None:
+        for name in names:
+            self.result.hooks[name] = self.result.hooks.get(name, 0) + 1
 
     def _pass_due(self, done: int, pass_times: list[float]) -> bool:
         if self.spec.eval_at_steps:
@@ -550,7 +562,7 @@ class _Run:
 
     def _stop_reason(self) -> str:
         assert self.feed is not None
-        if self.spec.step_cap is not None and self.feed.steps >= self.spec.step_cap:
+        if self.spec.step_cap is not None and self.feed.steps >= self.spec.step_cap and self.feed.epoch >= 1:
             return "max_steps"
         if self.clock.elapsed >= self.spec.limits.seconds:
             return "budget"

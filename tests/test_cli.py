@@ -74,6 +74,7 @@ def test_new_writes_an_entry_that_passes_check(project: Path) -> None:
     assert run_cli("new", "my_lstm", cwd=project).code == 3  # never overwrites
     checked = run_cli("check", str(entry), cwd=project)
     assert checked.code == 0, checked.stdout + checked.stderr
+    assert "on_epoch_end x1" in checked.stdout and "on_validation x1" in checked.stdout  # counted, not claimed
     for name in ("import", "training", "validation pass", "scoring", "causality", "batch-size independence"):
         assert f"ok   {name}" in checked.stdout
     assert "passes every check" in checked.stdout

@@ -63,9 +63,21 @@ def test_hooks_run_in_order_and_counts_come_from_the_supervisor(tmp_path: Path) 
             def on_validation(self, info): self.calls.append(f"valid{info.pass_index}/{info.passes}:{info.last}")
             def prepare_for_eval(self): self.calls.append("prepare")
             def resume_training(self): self.calls.append("resume")
-            def on_train_end(self): self.calls.append("train_end"); print("CALLS", json.dumps(self.calls))
+            def on_train_end(self):
+                self.calls.append("train_end")
+                print("CALLS", json.dumps(self.calls))
+                print("CLOCK", self.clock.elapsed)
+            def setup(self, ctx):
+                super().setup(ctx)
+                self.clock = ctx.clock
     ''', hparams={"max_epochs": 2}, eval_at_steps=(3,))
     assert result.status is RunStatus.OK, result.reason
+    # ctx.clock is the supervisor's, as of the last batch handed over
+    clock = float(result.log_tail.split("CLOCK ", 1)[1].split()[0])
+    assert 0 < clock <= result.train_seconds
+    assert result.hooks["on_epoch_end"] == 2 and result.hooks["on_validation"] == 1
+    assert result.cpu_seconds and result.cpu_seconds > 0 and result.max_threads >= 1
+    assert result.peak_memory_bytes > 0 and result.scorer_peak_memory_bytes > 0
     calls = json.loads(result.log_tail.split("CALLS ", 1)[1].splitlines()[0])
     assert calls == ["start0", "prepare", "resume", "valid0/1:True", "end0", "start1", "end1", "train_end"]
     steps_per_epoch = -(-(4_000 // 4) // 50)
@@ -92,7 +104,7 @@ def test_the_budget_stops_training_and_validation_passes_are_not_timed(tmp_path:
     # Each pass sleeps 0.2 s in every one of its ~30 requests; were passes timed, the first curve point
     # (due at 2 s of training) would read over 8 s and the run would have stopped before the second.
     assert result.curve[0]["train_seconds"] < 3.5 and result.curve[1]["train_seconds"] < 5.5
-    assert result.steps == result.curve[1]["steps"] + (result.steps - result.curve[1]["steps"]) > 0
+    assert result.steps >= result.curve[1]["steps"] > result.curve[0]["steps"] > 0
 
 
 def test_a_step_that_never_returns_is_killed_at_budget_plus_grace(tmp_path: Path) -> None:
@@ -136,7 +148,7 @@ def test_training_in_the_background_while_scoring_is_caught(tmp_path: Path) -> N
                 if ctx.role == "scorer":
                     def drift():
                         while True:
-                            self.logits += 0.5 * torch.randn(self.V)
+                            self.logits = self.logits + 0.5 * torch.randn(self.V)  # whole tensors: rows stay normalised
                             time.sleep(0.01)
                     threading.Thread(target=drift, daemon=True).start()
     ''', hparams={"max_steps": 2})
@@ -159,3 +171,87 @@ def test_an_entry_may_validate_at_every_epoch_end_and_choose_its_windows(tmp_pat
     # A pass at the end of every epoch but the last, which the final scoring takes the place of.
     assert [point["tokens"] for point in result.curve] == [4 * per_row]
     assert result.tokens == 2 * 4 * per_row and result.steps == 2 * (per_row // 40) * 2  # windows of 10, 30, 10...
+
+
+FREEZE_PROBE = '''
+    import threading
+    class E(Base):
+        def setup(self, ctx):
+            super().setup(ctx)
+            self._beats = [time.monotonic()]
+            def beat():
+                while True:
+                    self._beats.append(time.monotonic())
+                    time.sleep(0.01)
+            threading.Thread(target=beat, daemon=True).start()
+        def _gap(self):
+            beats = self._beats + [time.monotonic()]
+            return max(b - a for a, b in zip(beats, beats[1:]))
+        def train_step(self, inputs, targets):
+            time.sleep(0.02)
+            return 1.0
+        def on_train_end(self):
+            print("TRAINER_GAP", self._gap(), flush=True)
+        def load_state_dict(self, state):
+            print("SCORER_GAP", self._gap(), flush=True)  # the longest it was stopped before this load
+            super().load_state_dict(state)
+        def log_probs(self, inputs, state):
+            time.sleep(0.05)  # passes long enough to see
+            return super().log_probs(inputs, state)
+'''
+
+
+def test_the_trainer_runs_nothing_during_a_pass_and_the_scorers_nothing_while_it_trains(tmp_path: Path) -> None:
+    """A thread in the trainer and in each scorer notes the time every 10 ms: the trainer's longest
+    silence covers a whole validation pass (its cgroup was frozen), and a pass scorer's covers the
+    training between two passes (frozen too)."""
+    result = run(tmp_path, FREEZE_PROBE, seconds=9.0, evals=2)
+    assert result.status is RunStatus.OK, result.reason
+    trainer_gap = float(result.log_tail.split("TRAINER_GAP ", 1)[1].split()[0])
+    assert trainer_gap >= 0.9 * min(p["scoring"] for p in result.pass_seconds)
+    scorer_gaps = [float(part.split()[0]) for part in result.log_tail.split("SCORER_GAP ")[1:]]
+    training_between = result.curve[1]["train_seconds"] - result.curve[0]["train_seconds"]
+    assert max(scorer_gaps) >= 0.9 * training_between > 1.0
+
+
+def test_without_a_freezer_the_passes_count_as_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.sandbox import Cgroup
+
+    monkeypatch.setattr(Cgroup, "can_freeze", property(lambda self: False))
+    result = run(tmp_path, '''
+        class E(Base):
+            def log_probs(self, inputs, state):
+                time.sleep(0.05)
+                return super().log_probs(inputs, state)
+    ''', seconds=6.0, evals=1)
+    assert result.status is RunStatus.OK, result.reason
+    assert result.paused_counted and "none" in result.isolation["freezer"]
+    # The pass (seconds of scoring) ran on the training clock: its point was taken after it.
+    assert result.curve[0]["train_seconds"] >= 3.0 + 0.9 * result.pass_seconds[0]["scoring"]
+
+
+def test_the_score_does_not_depend_on_the_window_or_a_context_set_in_setup(tmp_path: Path) -> None:
+    body = '''
+        class E(Base):
+            eval_window = WINDOW
+            def setup(self, ctx):
+                super().setup(ctx)
+                self.eval_context = CONTEXT  # an instance value, chosen in setup
+                self.pairs = torch.ones(ctx.vocab_size, ctx.vocab_size)
+            def train_step(self, inputs, targets):
+                self.pairs.index_put_((inputs.flatten(), targets.flatten()), torch.ones(targets.numel()), accumulate=True)
+                return 1.0
+            def log_probs(self, inputs, state):
+                return (self.pairs / self.pairs.sum(1, keepdim=True)).log()[inputs], state
+    '''
+    scores = {}
+    for window, context in ((64, 0), (35, 0), (64, 7)):
+        source = body.replace("WINDOW", str(window)).replace("CONTEXT", str(context))
+        result = run(tmp_path / f"{window}-{context}", source, hparams={"max_epochs": 1})
+        assert result.status is RunStatus.OK, result.reason
+        assert (result.window, result.context) == (window, context)
+        scores[(window, context)] = (result.valid.nll_sum, result.test.nll_sum)
+    reference = scores[(64, 0)]
+    for key, (valid, test) in scores.items():
+        assert abs(valid - reference[0]) <= 1e-6 * abs(reference[0]), key
+        assert abs(test - reference[1]) <= 1e-6 * abs(reference[1]), key
