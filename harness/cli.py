@@ -183,7 +183,7 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
                                division=division.name, config=config, problem=entry.problem,
                                hardware=_hardware_class(division, executor_name))
                     for entry in entries for run_seed in seed_list]
-        plan = make_plan(store, requests, dict(corpus.checksums), reuse)
+        plan = make_plan(open_store(db, read_only=True), requests, dict(corpus.checksums), reuse)
         click.echo(plan.describe(division.name), err=True)
         if dry_run:
             return

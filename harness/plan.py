@@ -57,15 +57,20 @@ class Plan:
 
 
 def make_plan(store: Store, requests: list[Any], checksums: dict[str, str], reuse: frozenset[str]) -> Plan:
+    """What `claim_run` will do with each request (the store's own reuse rule), and estimates
+    learned once per entry. `store` may be read-only: planning takes no write lock."""
     plan = Plan()
-    with store.session() as session:
-        for request in requests:
-            latest = session.scalars(select(Run).where(Run.run_key == request.key(checksums))
-                                     .order_by(Run.id.desc()).limit(1)).first()
-            if latest is not None and latest.status in reuse:
-                plan.runs.append(PlannedRun(request, "reuse", 0.0, False, latest.status))
-                continue
-            plan.runs.append(PlannedRun(request, "run", *_estimate(session, request.entry.name, request.limits.seconds)))
+    estimates: dict[tuple[str, float], tuple[float, bool]] = {}
+    for request in requests:
+        found = store.reusable(request.key(checksums), reuse)
+        if found is not None:
+            plan.runs.append(PlannedRun(request, "reuse", 0.0, False, found.status))
+            continue
+        key = (request.entry.name, request.limits.seconds)
+        if key not in estimates:
+            with store.session() as session:
+                estimates[key] = _estimate(session, *key)
+        plan.runs.append(PlannedRun(request, "run", *estimates[key]))
     return plan
 
 

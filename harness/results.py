@@ -35,7 +35,7 @@ from sqlalchemy import func, select
 import harness
 from harness.budget import format_bytes
 from harness.config import Competition
-from harness.errors import RunStatus
+from harness.errors import FailureKind, RunStatus
 from harness.provenance import configuration_digest
 from harness.store import CurvePoint, Run, Store
 
@@ -57,7 +57,7 @@ RUN_COLUMNS = [
     "peak_memory_bytes", "steps", "epochs", "budget_seconds", "memory_limit_bytes", "hparam_overrides",
     "started_at", "ended_at", "run_key", "hardware", "harness_version", "data_checksums", "eval_protocol",
 ]
-CLASSIFY_COLUMNS = ["id", "entry", "division", "seed", "status", "ended_at", "source_hash", "hparam_overrides",
+CLASSIFY_COLUMNS = ["id", "entry", "division", "seed", "status", "failure", "ended_at", "source_hash", "hparam_overrides",
                     "budget_seconds", "memory_limit_bytes", "evals", "device", "hardware", "data_checksums",
                     "eval_protocol", "harness_version"]
 # Stored columns read only to rebuild the configuration digest; too bulky to print per run.
@@ -225,7 +225,8 @@ def _classify_group(group: list[dict[str, Any]], official: OfficialConfig) -> No
 def _latest_result_per_seed(runs: list[dict[str, Any]]) -> dict[int, int]:
     """seed -> id of its latest finished result (a forced rerun replaces the earlier one)."""
     latest: dict[int, dict[str, Any]] = {}
-    for r in sorted((r for r in runs if r["status"] in RESULT_STATUSES), key=_finish_order):
+    results = (r for r in runs if r["status"] in RESULT_STATUSES and r.get("failure") != FailureKind.HARNESS_ERROR.value)
+    for r in sorted(results, key=_finish_order):  # a fault of the harness is no result of the entry's
         latest[r["seed"]] = r
     return {seed: r["id"] for seed, r in latest.items()}
 
@@ -384,12 +385,22 @@ def interleave_references(table: pd.DataFrame, references: list[dict[str, Any]],
     return merged
 
 
+def _of_track_and_division(frame: pd.DataFrame, track: str | None, division: str | None) -> pd.DataFrame:
+    if track is not None:
+        frame = frame[frame["track"] == track]
+    if division is not None:
+        frame = frame[frame["division"] == division]
+    return frame
+
+
 def leaderboard(store: Store, phase: str = "open", track: str | None = None, division: str | None = None,
                 competition: Competition | None = None, current_sources: dict[str, str] | None = None,
-                references: list[dict[str, Any]] | None = None) -> list[Ranking]:
-    """One ranking per (track, division): entries by the counted ok seeds of their official configuration."""
+                references: list[dict[str, Any]] | None = None, classified: pd.DataFrame | None = None) -> list[Ranking]:
+    """One ranking per (track, division): entries by the counted ok seeds of their official configuration.
+    `classified`: the frame of `classified_runs` when the caller has it already (classified once)."""
     split = "test" if phase == "final" else "valid"
-    frame = classified_runs(store, competition, current_sources, track=track, division=division)
+    frame = _of_track_and_division(classified, track, division) if classified is not None else \
+        classified_runs(store, competition, current_sources, track=track, division=division)
     ok = frame[frame["counted"] & (frame["status"] == RunStatus.OK.value)].copy()
     ok["division"] = ok["division"].fillna("-")
     rankings = []
@@ -468,12 +479,13 @@ def _mark_ties(store: Store, table: pd.DataFrame, split: str) -> None:
 
 
 def failures(store: Store, track: str | None = None, competition: Competition | None = None,
-             current_sources: dict[str, str] | None = None) -> pd.DataFrame:
+             current_sources: dict[str, str] | None = None, classified: pd.DataFrame | None = None) -> pd.DataFrame:
     """Entries none of whose official seeds ended ok: their latest official result, with status and reason.
 
     Exploration runs that failed are listed on the entry's page and by `harness results --runs`.
     """
-    frame = classified_runs(store, competition, current_sources, track=track)
+    frame = _of_track_and_division(classified, track, None) if classified is not None else \
+        classified_runs(store, competition, current_sources, track=track)
     counted = frame[frame["counted"]]
     if counted.empty:
         return counted

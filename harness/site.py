@@ -80,10 +80,11 @@ def build_site(store: Store, options: SiteOptions) -> list[Path]:
     runs = classified_runs(store, options.competition, options.current_sources)
     rankings = [ranking for ranking in leaderboard(store, options.phase, competition=options.competition,
                                                    current_sources=options.current_sources,
-                                                   references=load_references(options.templates / "references.json"))
+                                                   references=load_references(options.templates / "references.json"),
+                                                   classified=runs)
                 if ranking.track in options.tracks]
     frame = runs[runs["counted"]]
-    failed = failures(store, competition=options.competition, current_sources=options.current_sources)
+    failed = failures(store, competition=options.competition, current_sources=options.current_sources, classified=runs)
     common = {"competition": options.competition_name, "phase": options.phase,
               "split": "test" if options.phase == "final" else "valid", "harness_version": harness.__version__,
               "data_as_of": _date(runs["ended_at"].max()) if not runs.empty else "no runs yet"}
@@ -140,7 +141,8 @@ def _failure_rows(failed: pd.DataFrame) -> list[dict[str, Any]]:
 def _entry_page(env: jinja2.Environment, store: Store, entry: str, standing: dict[int, dict[str, Any]], out: Path,
                 common: dict[str, Any]) -> Path:
     """Every run of the entry, each marked official or exploration with what differs (`standing`: by run id)."""
-    runs = _entry_runs(store, entry)
+    # Only the runs the classification saw: a run another driver starts meanwhile waits for the next build.
+    runs = [run for run in _entry_runs(store, entry) if run.id in standing]
     counted = [run for run in runs if standing[run.id]["counted"]]
     latest = (counted or runs)[-1]  # the heading and source describe the ranked configuration where there is one
     views = [_run_view(run, common["phase"], standing[run.id]) for run in runs]

@@ -45,7 +45,7 @@ from sqlalchemy.engine import Engine, URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-from harness.errors import redact_url, RunStatus, StoreError
+from harness.errors import FailureKind, redact_url, RunStatus, StoreError
 
 SCHEMA_VERSION = 3
 """The schema these models describe: Alembic revision 0003 (harness/migrations/versions)."""
@@ -532,6 +532,14 @@ class Store:
 
     # -- reading ---------------------------------------------------------------------------------
 
+    def reusable(self, run_key: str, reuse: frozenset[str]) -> Run | None:
+        """The finished run `claim_run` would reuse for this key now, or None (it would run)."""
+        with self.session() as session:
+            found = _reusable(session, run_key, reuse)
+            if found is not None:
+                session.expunge(found)
+            return found
+
     def get_run(self, run_id: int) -> Run | None:
         with self.session() as session:
             run = session.get(Run, run_id)
@@ -604,12 +612,15 @@ def _stored_version(connection: Any, shown: str) -> int | None:
 
 
 def _reusable(session: Session, run_key: str, reuse: frozenset[str], exclude: int | None = None) -> Run | None:
-    """The latest finished run of the key, if its status is one to reuse."""
+    """The latest finished run of the key, if its status is one to reuse. A fault of the harness
+    itself (`harness_error`) is never the entry's result: never reused, the key runs again."""
     query = select(Run).where(Run.run_key == run_key, Run.status != _RUNNING)
     if exclude is not None:
         query = query.where(Run.id != exclude)
     latest = session.scalars(query.order_by(Run.id.desc()).limit(1)).first()
-    return latest if latest is not None and latest.status in reuse else None
+    if latest is None or latest.status not in reuse or latest.failure == FailureKind.HARNESS_ERROR.value:
+        return None
+    return latest
 
 
 def _insert_ignoring_conflicts(session: Session, values: dict[str, Any]) -> Any:

@@ -360,3 +360,16 @@ def test_a_missing_postgres_driver_names_the_extra_to_install(tmp_path: Path) ->
                           cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 1, done.stderr
     assert "pip install -e '.[postgres]'" in done.stderr and "pw0rd" not in done.stderr
+
+
+def test_a_fault_of_the_harness_is_never_reused(tmp_path: Path) -> None:
+    """A failed run the harness itself caused is not the entry's result: the key runs again, even
+    under the default reuse (which reuses the entry's own failures)."""
+    store = Store(tmp_path / "r.sqlite")
+    reuse = frozenset({"ok", "failed"})
+    _, first = store.claim_run("k", reuse, **RUN)
+    store.finish_run(first, RunStatus.FAILED, failure="runtime_error", reason="the entry raised")
+    assert store.claim_run("k", reuse, **RUN)[0] == "reuse"
+    _, second = store.claim_run("k", frozenset(), **RUN)
+    store.finish_run(second, RunStatus.FAILED, failure="harness_error", reason="the harness broke")
+    assert store.reusable("k", reuse) is None and store.claim_run("k", reuse, **RUN)[0] == "new"
