@@ -276,7 +276,10 @@ def _minimal_root(spec: SandboxSpec, bind_work_dir: bool) -> list[str]:
     for name in ETC_FILES:
         if (Path("/etc") / name).exists():
             args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-    made = {Path("/"), Path("/usr"), Path("/etc"), *(Path("/") / n for n in TOP_LEVEL_LINKS)}
+    # The mount points of the private /tmp (the inner layer cannot make one on its read-only root
+    # when nothing else, such as a work dir under /tmp, made it).
+    args += ["--perms", "01777", "--dir", "/tmp"]
+    made = {Path("/"), Path("/usr"), Path("/etc"), Path("/tmp"), *(Path("/") / n for n in TOP_LEVEL_LINKS)}
     for path in _outermost([*_python_paths(), *spec.read_only]):
         if path.is_relative_to("/usr"):
             continue  # already visible

@@ -98,14 +98,18 @@ def test_sandbox_proofs_from_inside(tmp_path: Path, confinement: Confinement, li
 
 
 def test_tmp_and_shm_are_not_shared_between_sandboxes(tmp_path: Path, confinement: Confinement) -> None:
-    for name in ("first", "second"):
-        work = tmp_path / name
+    """Also with a work dir outside /tmp (a runs dir in the organiser's checkout): the private /tmp
+    then has no folder leading to it, and its mount point must still exist in the inner layer."""
+    outside = Path(tempfile.mkdtemp(prefix="ptb-harness-test-", dir="/var/tmp"))
+    for work in (tmp_path / "first", outside / "second"):
+        name = work.name
         results = run_probe(work, confinement, "attempts", str(work), "/nonexistent", "/nonexistent", "9",
                             str(TMP_BYTES))
         assert results["write /tmp"] == results["write /dev/shm"] == "succeeded"
         assert results["tmp"] == tmp_ancestor(work), f"{name}: /tmp kept {results['tmp']}"
         assert results["shm"] == [], f"{name}: /dev/shm kept {results['shm']}"
     assert not Path("/tmp/marker").exists() and not Path("/dev/shm/marker").exists()
+    shutil.rmtree(outside)
 
 
 def test_the_harness_and_torch_import_in_isolated_mode_and_passed_fds_arrive(
