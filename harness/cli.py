@@ -23,6 +23,7 @@ import click
 import harness
 from harness.budget import RunLimits, format_bytes, parse_memory
 from harness.config import load_competition
+from harness.cpus import machine_cpus
 from harness.data import DataSource, load_corpus
 from harness.executors import make_executor
 from harness.entries import EntrySource, discover, parse_overrides, select, static_metadata
@@ -101,6 +102,9 @@ def main() -> None:
 @click.option("--seeds", type=click.IntRange(min=1), help="Runs per entry [default: the config's, 1].")
 @hparam_option
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads per run [default: all cores].")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs at once on this machine (local executor), each on its own CPUs: give --threads too, "
+                   "as many run side by side as fit the CPUs.")
 @click.option("--evals", default="auto", show_default=True, metavar="N|auto",
               help="Validation passes during training; auto: the competition's number at the division's budget, "
                    "scaled down with a shorter budget (at least 1).")
@@ -129,7 +133,7 @@ def main() -> None:
                    "RAY_ADDRESS, else auto].")
 def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str | None, device: str,
         division_name: str | None, seed: int, seeds: int | None, hparams: tuple[str, ...], threads: int | None,
-        evals: str, dry_run: bool, force: bool, retry_failed: bool, config_path: str | None, data_dir: str | None,
+        jobs: int, evals: str, dry_run: bool, force: bool, retry_failed: bool, config_path: str | None, data_dir: str | None,
         db: str, runs_dir: str, submissions: str, baselines: str, as_json: bool, sandbox: str,
         with_site: bool, executor_name: str | None, ray_address: str | None) -> None:
     """Train and score entries (NAMES, or paths to .py files), each in its own process.
@@ -178,18 +182,20 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
         if abandoned:
             click.echo(f"marked {abandoned} run(s) left unfinished by a stopped harness as interrupted", err=True)
         corpus = load_corpus(source)
+        run_threads = threads or len(machine_cpus()) or 1
         requests = [RunRequest(entry=entry, hparams=overrides.get(entry.name, {}), seed=run_seed,
-                               device=chosen_device, threads=threads or os.cpu_count() or 1, limits=limits,
+                               device=chosen_device, threads=run_threads, limits=limits,
                                division=division.name, config=config, problem=entry.problem,
                                hardware=_hardware_class(division, executor_name))
                     for entry in entries for run_seed in seed_list]
-        plan = make_plan(open_store(db, read_only=True), requests, dict(corpus.checksums), reuse)
+        executor = make_executor(executor_name, confinement, Path(runs_dir),
+                                 ray_address or competition.ray_address, sandbox, jobs)
+        side_by_side = _side_by_side(jobs, run_threads, executor_name)
+        plan = make_plan(open_store(db, read_only=True), requests, dict(corpus.checksums), reuse, side_by_side)
         click.echo(plan.describe(division.name), err=True)
         if dry_run:
             return
-        view = ProgressView(as_json, plan)
-        executor = make_executor(executor_name, confinement, Path(runs_dir),
-                                 ray_address or competition.ray_address, sandbox)
+        view = ProgressView(as_json, plan, concurrent=side_by_side > 1 or executor_name != "local")
         with Supervisor(store, corpus, Path(runs_dir), on_event=view.on_event, confinement=confinement,
                         executor=executor) as supervisor:
             if executor.name != "local":
@@ -202,6 +208,19 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
             click.echo(f"site rebuilt: {len(written)} files in site/", err=True)
         if any(outcome.status is not RunStatus.OK for outcome in outcomes):
             sys.exit(EXIT_RUN_FAILED)
+
+
+def _side_by_side(jobs: int, threads: int, executor: str) -> int:
+    """Runs the local executor has out at once: --jobs, as many as fit this machine's CPUs with
+    `threads` each (said when that is fewer than asked)."""
+    if executor != "local":
+        return 1
+    cpus = len(machine_cpus())
+    fit = max(1, cpus // max(1, min(threads, cpus)))
+    if jobs > fit:
+        click.echo(f"--jobs {jobs}: runs of {threads} thread(s) fit {fit} at a time on this machine's {cpus} CPU(s) "
+                   "(no two runs share a core); lower --threads to run more at once", err=True)
+    return min(jobs, fit)
 
 
 def _hardware_class(division: Any, executor: str) -> str | None:
@@ -314,7 +333,7 @@ def _typed_overrides(entries: list[EntrySource], pairs: dict[str, list[str]],
 class ProgressView:
     """Progress on stderr: run k of n with its phase and bar, the time left, a summary at the end."""
 
-    def __init__(self, as_json: bool, plan: Any) -> None:
+    def __init__(self, as_json: bool, plan: Any, concurrent: bool = False) -> None:
         self.as_json = as_json
         self.tty = sys.stderr.isatty()
         self.plan = plan
@@ -327,6 +346,8 @@ class ProgressView:
         self.last_draw = 0.0
         self.valid_ppl: float | None = None
         self.placed = False
+        self.concurrent = concurrent
+        """Runs out at once (a cluster, --jobs): one plain line per event instead of a redrawn bar."""
         self.nodes: dict[int, str] = {}
 
     def on_event(self, event: dict[str, Any]) -> None:
@@ -336,7 +357,7 @@ class ProgressView:
             self.current_estimate = self._estimate(event["entry"])
             self.run_began = time.monotonic()
             self.budget, self.valid_ppl = float(event["budget"]), None
-            self.placed = event.get("executor", "local") != "local"
+            self.placed = self.concurrent
             retry = " (retry)" if event.get("attempt", 1) > 1 else ""
             click.echo(f"run {self.started} of {self.total} (id {event['run_id']}): {event['entry']} "
                        f"(budget {self.budget:.0f} s; about {_clock(self.left_seconds)} left in all){retry}", err=True)
@@ -359,6 +380,9 @@ class ProgressView:
             click.echo(line, err=True)
             if self.as_json:
                 click.echo(json.dumps(event))
+        elif kind == "waiting_cpus":
+            click.echo(f"run {event['run_id']} ({event['entry']}): waiting for {event['threads']} CPU(s); every "
+                       "CPU is held by another run on this machine (runs never share a core)", err=True)
         elif kind == "run_busy":
             click.echo(f"{event['entry']} (seed {event['seed']}): run {event['run_id']} is in progress in "
                        f"another harness process; left to it", err=True)
@@ -373,7 +397,8 @@ class ProgressView:
         kind = event["type"]
         if kind == "placed":
             self.nodes[event["run_id"]] = event["node"]
-            click.echo(f"{run}: placed on {event['node']}", err=True)
+            cpus = f" (CPUs {event['cpus']})" if event.get("cpus") else ""
+            click.echo(f"{run}: placed on {event['node']}{cpus}", err=True)
             return
         where = self.nodes.get(event["run_id"], "?")
         if kind == "phase":

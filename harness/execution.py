@@ -20,6 +20,7 @@ import shutil
 import socket
 import struct
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -34,6 +35,7 @@ import torch
 
 from harness.budget import RunLimits, format_bytes, kill_tree, tree_rss
 from harness.clock import TrainingClock
+from harness.cpus import format_cpus
 from harness.errors import FailureKind, RunStatus
 from harness.feed import MAX_BATCH_TOKENS, TrainFeed
 from harness.protocol import Channel, ChildGone, ProtocolViolation, child_failure, validate
@@ -158,9 +160,13 @@ class RunEnd(Exception):
 
 
 def execute_run(spec: RunSpec, data: RunData, confinement: Confinement, run_dir: Path,
-                on_event: EventSink | None = None) -> RunResult:
-    """Run `spec` to its end in `run_dir` (made here; only the supervisor writes outside its work dirs)."""
-    run = _Run(spec, data, confinement, run_dir, on_event or (lambda event: None))
+                on_event: EventSink | None = None, cpus: tuple[int, ...] = (),
+                cancel: threading.Event | None = None) -> RunResult:
+    """Run `spec` to its end in `run_dir` (made here; only the supervisor writes outside its work dirs).
+
+    `cpus`: the run's CPU lease (harness.cpus); every sandboxed process is confined to it. `cancel`:
+    set from another thread to end the run `interrupted` (its processes killed, nothing left behind)."""
+    run = _Run(spec, data, confinement, run_dir, on_event or (lambda event: None), cpus, cancel)
     return run.execute()
 
 
@@ -176,6 +182,8 @@ class ChildLimits:
     seed: int
     disk_bytes: int = DEFAULT_DISK_BYTES
     gpu: bool = False
+    cpus: tuple[int, ...] = ()
+    """The run's CPU lease (empty: every CPU, with the CPU-time quota only)."""
 
 
 def sandboxed_argv(module: str, channel_fd: int) -> list[str]:
@@ -195,7 +203,7 @@ class SandboxedChild:
         self.name, self.work_dir, self.limits = name, work_dir, limits
         self.last_disk_check = 0.0
         self.cgroup, cgroup_note = Cgroup.create(f"ptb-harness-{os.getpid()}-{secrets.token_hex(4)}-{name}",
-                                                 limits.memory_bytes, float(limits.threads))
+                                                 limits.memory_bytes, float(limits.threads), limits.cpus)
         self.note = cgroup_note
         parent_end, child_end = socket.socketpair()
         read_end, write_end = os.pipe()
@@ -203,7 +211,7 @@ class SandboxedChild:
                        "PYTHONHASHSEED": str(limits.seed), "PYTHONUNBUFFERED": "1",
                        "PYTHONDONTWRITEBYTECODE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         sandbox = SandboxSpec(work_dir=work_dir, read_only=read_only, tmp_bytes=limits.disk_bytes,
-                              environment=environment, gpu=limits.gpu)
+                              environment=environment, gpu=limits.gpu, cpus=limits.cpus)
         try:
             self.process = start_sandboxed(sandboxed_argv(module, child_end.fileno()), sandbox, confinement,
                                            self.cgroup, pass_fds=(child_end.fileno(), *extra_fds), stdout=write_end)
@@ -348,8 +356,9 @@ class SandboxedChild:
 
 class _Run:
     def __init__(self, spec: RunSpec, data: RunData, confinement: Confinement, run_dir: Path,
-                 on_event: EventSink) -> None:
+                 on_event: EventSink, cpus: tuple[int, ...] = (), cancel: threading.Event | None = None) -> None:
         self.spec, self.data, self.confinement, self.on_event = spec, data, confinement, on_event
+        self.cpus, self.cancel = cpus, cancel
         self.run_dir = run_dir.resolve()
         self.clock = TrainingClock()
         self.result = RunResult(status=RunStatus.RUNNING)
@@ -455,7 +464,7 @@ class _Run:
     def _spawn(self, name: str, module: str, work: Path, read_only: tuple[Path, ...], fds: tuple[int, ...],
                spec: dict[str, Any]) -> SandboxedChild:
         limits = ChildLimits(self.spec.limits.memory_bytes, self.spec.threads, self.spec.seed, self.spec.disk_bytes,
-                             self.spec.device == "cuda")
+                             self.spec.device == "cuda", self.cpus)
         try:
             child = SandboxedChild(name, module, work, read_only, fds, spec, limits, self.confinement,
                                    self.run_dir / f"{name.replace(' ', '')}.log")
@@ -870,6 +879,9 @@ class _Run:
         if now - self.last_limits_check < LIMITS_EVERY_SECONDS:
             return
         self.last_limits_check = now
+        if self.cancel is not None and self.cancel.is_set():
+            raise RunEnd(RunStatus.INTERRUPTED, FailureKind.INTERRUPTED,
+                         "the harness was interrupted while this run was in progress")
         total_log = sum(c.log_bytes for c in self.children)
         if total_log > MAX_LOG_BYTES:
             raise RunEnd(RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
@@ -916,6 +928,10 @@ class _Run:
                                  else "none: validation passes counted as training time",
                                  "note": "; ".join(n for n in [self.confinement.note, *(c.note for c in self.children)] if n),
                                  "cpu_seconds": self.result.cpu_seconds, "max_threads": self.result.max_threads,
+                                 "cpus": format_cpus(self.cpus) if self.cpus else "all",
+                                 "cpuset": ("cgroup" if self.children and all(c.cgroup and "cpuset" in c.cgroup.controllers
+                                                                              for c in self.children)
+                                            else "affinity mask only") if self.cpus else "none",
                                  "scorer_peak_memory_bytes": self.result.scorer_peak_memory_bytes,
                                  "scorer_setup_seconds": self.result.scorer_setup_seconds}
         for shared, fd in zip(getattr(self, "shms", []), getattr(self, "shm_fds", [])):

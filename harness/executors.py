@@ -3,7 +3,8 @@
 The driver (harness.supervisor) alone claims runs and writes the database; an executor only places
 `execute_run(spec, data, ...)` calls and hands back their `RunResult`s, with the node each ran on.
 
-- `LocalExecutor` (the default): one run after another, in this process, as the harness always did.
+- `LocalExecutor` (the default): runs on this machine, one after another or `--jobs N` at once, each
+  on its own CPUs.
 - `RayExecutor`: each run is one Ray task on a cluster (`--executor ray --ray-address ADDR`). The
   task asks for the run's threads as `num_cpus`, one GPU on a CUDA division, the memory budget as
   `memory`, and the custom resource `division:NAME`, so a division's runs land only on nodes that
@@ -22,7 +23,6 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.cpus import CpuPool, format_cpus
 from harness.errors import ConfigError, DataError, FailureKind, RunStatus
 from harness.execution import RunData, RunResult, RunSpec, execute_run
 from harness.provenance import cpu_model, hardware_fingerprint
@@ -40,6 +41,8 @@ EXECUTORS = ("local", "ray")
 PROGRESS_EVERY_SECONDS = 1.0
 """A placed run streams at most one progress event a second (phase changes and curve points always)."""
 CAPACITY_SECONDS = 5.0
+CANCEL_WAIT_SECONDS = 30.0
+"""How long Ctrl-C waits for a local run to stop its processes (it checks every fraction of a second)."""
 
 
 @dataclass
@@ -98,39 +101,83 @@ class Executor(ABC):
 
 
 class LocalExecutor(Executor):
-    """Today's behaviour: every run in this process's machine, one after another."""
+    """Runs on this machine, up to `jobs` at once (`harness run --jobs N`), each on its own lease of
+    CPUs (harness.cpus): neither this driver's runs nor another runner's on the same machine share a
+    core. Each run executes in a worker thread; its events and its end come back to the driver's
+    thread through one queue, so the driver alone writes the database and the terminal."""
 
     name = "local"
 
-    def __init__(self, confinement: Confinement, runs_dir: Path) -> None:
-        self.confinement, self.runs_dir = confinement, runs_dir
-        self.queue: deque[Job] = deque()
-        self.current: Job | None = None
+    def __init__(self, confinement: Confinement, runs_dir: Path, jobs: int = 1, pool: CpuPool | None = None) -> None:
+        if jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+        self.confinement, self.runs_dir, self.jobs = confinement, runs_dir, jobs
+        self.pool = pool
+        self.inbox: queue.Queue[tuple[Job, dict[str, Any]] | Finished] = queue.Queue()
+        self.out: dict[int, tuple[Job, threading.Thread, threading.Event]] = {}
         self.data: RunData | None = None
 
     def start(self, data: RunData) -> None:
         self.data = data
+        if self.pool is None:
+            self.pool = CpuPool()
 
     def capacity(self, division: str, device: str, threads: int) -> int:
-        return 1  # claim a run only when it can start: another driver may take the next one
+        """Runs to claim at once: --jobs, at most as many as fit side by side on this machine's CPUs
+        (a claimed run should be able to start: another driver may take the next one)."""
+        assert self.pool is not None, "start() first"
+        return max(1, min(self.jobs, len(self.pool.cpus) // self.pool.size(threads)))
 
     def submit(self, job: Job) -> None:
-        self.queue.append(job)
+        cancel = threading.Event()
+        thread = threading.Thread(target=self._work, args=(job, cancel), name=f"run-{job.run_id}", daemon=True)
+        self.out[job.run_id] = (job, thread, cancel)
+        thread.start()
+
+    def _work(self, job: Job, cancel: threading.Event) -> None:
+        """The worker thread: wait for the run's CPUs, execute it, hand back the result (never raises)."""
+        assert self.data is not None and self.pool is not None
+        node = socket.gethostname()
+        post = self.inbox.put
+        try:
+            lease = self.pool.acquire(job.spec.threads, cancel.is_set, on_wait=lambda: post(
+                (job, {"type": "waiting_cpus", "threads": job.spec.threads})))
+            if lease is None:
+                result = _interrupted("the harness was interrupted while this run waited for CPUs")
+            else:
+                with lease:
+                    post((job, {"type": "placed", "node": node, "cpus": format_cpus(lease.cpus),
+                                "waited_seconds": round(lease.waited_seconds, 1)}))
+                    result = execute_run(job.spec, self.data, self.confinement, self.runs_dir / str(job.run_id),
+                                         lambda event: post((job, event)), lease.cpus, cancel)
+        except Exception as exc:  # noqa: BLE001 - a fault of the harness fails this run, recorded
+            result = RunResult(RunStatus.FAILED, FailureKind.HARNESS_ERROR,
+                               f"the harness failed before the run started: {type(exc).__name__}: {exc}")
+        post(Finished(job, result, node))
 
     def next_finished(self) -> Finished:
-        assert self.data is not None, "start() first"
-        job = self.queue.popleft()
-        self.current = job
-        node = socket.gethostname()
-        job.node = node
-        result = execute_run(job.spec, self.data, self.confinement, self.runs_dir / str(job.run_id), job.on_event)
-        self.current = None
-        return Finished(job, result, node)
+        while True:
+            item = self.inbox.get()
+            if isinstance(item, Finished):
+                _, thread, _ = self.out.pop(item.job.run_id)
+                thread.join()
+                return item
+            job, event = item
+            if event.get("type") == "placed":
+                job.node = event["node"]
+            job.on_event(event)
 
     def cancel_all(self) -> list[Job]:
-        jobs = ([self.current] if self.current is not None else []) + list(self.queue)
-        self.current = None
-        self.queue.clear()
+        """Tell every run still out to stop and wait for them: their processes are killed and their
+        cgroups and work folders go before the driver records them `interrupted`."""
+        jobs = [job for job, _, _ in self.out.values()]
+        for _, _, cancel in self.out.values():
+            cancel.set()
+        for _, thread, _ in self.out.values():
+            thread.join(timeout=CANCEL_WAIT_SECONDS)
+        self.out.clear()
+        while not self.inbox.empty():  # their results and events: the driver records them interrupted
+            self.inbox.get_nowait()
         return jobs
 
 
@@ -163,7 +210,7 @@ def node_label() -> str:
 def _run_on_node(spec: RunSpec, data: RunData, digest: str, sandbox: str) -> Iterator[dict[str, Any]]:
     """The body of a Ray task (a streaming generator): placement, then events, then the result."""
     node = node_label()
-    hardware = hardware_fingerprint(spec.device)
+    hardware = hardware_fingerprint(spec.device, spec.threads)
     yield {"type": "placed", "node": node, "hardware": hardware}
     if data_digest(data) != digest:
         raise DataError(f"the token ids received on {node} do not match the driver's digest {digest[:12]}: "
@@ -175,8 +222,13 @@ def _run_on_node(spec: RunSpec, data: RunData, digest: str, sandbox: str) -> Ite
     box: dict[str, Any] = {}
 
     def work(folder: Path) -> None:
-        try:
-            box["result"] = execute_run(spec, local, confinement, folder / "run", events.put)
+        try:  # nodes sharing a host (a loopback cluster) take disjoint CPUs, as local runners do
+            lease = CpuPool().acquire(spec.threads)
+            if lease is None:  # only a cancelled wait gives none, and this one is never cancelled
+                raise RuntimeError("no CPU lease")
+            with lease:
+                events.put({"type": "cpus", "cpus": format_cpus(lease.cpus)})  # also in the run's isolation
+                box["result"] = execute_run(spec, local, confinement, folder / "run", events.put, lease.cpus)
         except BaseException as exc:  # noqa: BLE001 - a harness failure is raised again in the task
             box["error"] = exc
 
@@ -345,9 +397,12 @@ def _interrupted(reason: str) -> RunResult:
 
 
 def make_executor(name: str, confinement: Confinement, runs_dir: Path, ray_address: str | None,
-                  sandbox: str) -> Executor:
+                  sandbox: str, jobs: int = 1) -> Executor:
     if name == "local":
-        return LocalExecutor(confinement, runs_dir)
+        return LocalExecutor(confinement, runs_dir, jobs)
     if name == "ray":
+        if jobs != 1:
+            raise ConfigError("--jobs is for the local executor: on Ray, the nodes' declared division slots "
+                              "and CPUs decide how many runs go at once")
         return RayExecutor(ray_address, sandbox)
     raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {name!r}")

@@ -31,6 +31,8 @@ class PlannedRun:
 @dataclass
 class Plan:
     runs: list[PlannedRun] = field(default_factory=list)
+    side_by_side: int = 1
+    """Runs out at once (local --jobs): the estimate places them on that many slots."""
 
     @property
     def to_run(self) -> list[PlannedRun]:
@@ -38,14 +40,20 @@ class Plan:
 
     @property
     def seconds(self) -> float:
-        return sum(run.seconds for run in self.to_run)
+        """Wall time: each run, in order, starts on the first slot to come free."""
+        slots = [0.0] * max(1, self.side_by_side)
+        for run in self.to_run:
+            slots[slots.index(min(slots))] += run.seconds
+        return max(slots)
 
     def describe(self, division: str) -> str:
         reused = [run for run in self.runs if run.action == "reuse"]
         failed = [run for run in reused if run.reused_status not in (RunStatus.OK.value, RunStatus.INVALID.value)]
         learned = sum(run.learned for run in self.to_run)
         lines = [f"plan: {len(self.to_run)} run(s) to start, {len(reused)} finished result(s) to reuse, "
-                 f"division {division}; estimated wall time {_duration(self.seconds)}"
+                 f"division {division}; "
+                 + (f"{self.side_by_side} at a time, each on its own CPUs; " if self.side_by_side > 1 else "")
+                 + f"estimated wall time {_duration(self.seconds)}"
                  + (f" ({learned} estimate(s) learned from earlier runs of the same entry)" if learned else "")]
         if failed:
             lines.append(f"  {len(failed)} result(s) to reuse did not end ok; `--retry-failed` runs them again")
@@ -56,10 +64,11 @@ class Plan:
         return "\n".join(lines)
 
 
-def make_plan(store: Store, requests: list[Any], checksums: dict[str, str], reuse: frozenset[str]) -> Plan:
+def make_plan(store: Store, requests: list[Any], checksums: dict[str, str], reuse: frozenset[str],
+              side_by_side: int = 1) -> Plan:
     """What `claim_run` will do with each request (the store's own reuse rule), and estimates
     learned once per entry. `store` may be read-only: planning takes no write lock."""
-    plan = Plan()
+    plan = Plan(side_by_side=side_by_side)
     estimates: dict[tuple[str, float], tuple[float, bool]] = {}
     for request in requests:
         found = store.reusable(request.key(checksums), reuse)

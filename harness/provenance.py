@@ -24,13 +24,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def hardware_fingerprint(device: str) -> str:
-    """The hardware class a result depends on: the CPU model and core count, or the GPU name."""
+def hardware_fingerprint(device: str, threads: int | None = None) -> str:
+    """The hardware class a result depends on: the CPU model and the cores the run gets (its
+    `threads`, at most this machine's; default all of them), or the GPU name."""
     if device == "cuda":
         import torch
 
         return f"cuda:{torch.cuda.get_device_name(0)}"
-    return f"cpu:{cpu_model()}:{os.cpu_count()}"
+    cores = os.cpu_count() or 1
+    return f"cpu:{cpu_model()}:{min(threads, cores) if threads else cores}"
 
 
 @lru_cache(maxsize=1)

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.cpus import format_cpus
 from harness.errors import ConfigError
 
 SANDBOX_MODES = ("auto", "bwrap", "none")
@@ -47,6 +48,7 @@ NOBODY = 65534
 DEFAULT_IDENTITY = "nobody"
 SANDBOX_UID = 1000            # the user id the sandboxed process sees inside its user namespace
 CPU_PERIOD_US = 100_000
+V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer", "cpuset")  # cpuset last: only for a CPU lease
 FREEZE_TIMEOUT_SECONDS = 5.0
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 # The few files of /etc that Python, glibc and torch read; nothing else of the host's configuration.
@@ -101,6 +103,8 @@ class SandboxSpec:
     environment: dict[str, str] = field(default_factory=dict)
     """On top of a cleared environment and the defaults of `sandbox_environment`."""
     gpu: bool = False
+    cpus: tuple[int, ...] = ()
+    """The run's CPU lease (harness.cpus): the process's affinity mask; empty: every CPU."""
 
 
 def parse_identity(identity: str | None) -> tuple[int, int]:
@@ -199,7 +203,7 @@ def start_sandboxed(argv: list[str], spec: SandboxSpec, confinement: Confinement
     """
     work_dir = spec.work_dir.resolve()
     spec = SandboxSpec(work_dir, tuple(p.resolve() for p in spec.read_only), spec.tmp_bytes,
-                       dict(spec.environment), spec.gpu)
+                       dict(spec.environment), spec.gpu, spec.cpus)
     env = sandbox_environment(spec, confinement)
     if confinement.sandbox == "bwrap":
         _own(work_dir, confinement.host_identity())
@@ -213,7 +217,7 @@ def start_sandboxed(argv: list[str], spec: SandboxSpec, confinement: Confinement
     return subprocess.Popen(
         command, pass_fds=pass_fds, stdin=subprocess.DEVNULL, stdout=stdout,
         stderr=subprocess.STDOUT if stdout is not None else None, start_new_session=True, cwd=work_dir,
-        env=popen_env, preexec_fn=child_preexec(cgroup, spec.tmp_bytes),
+        env=popen_env, preexec_fn=child_preexec(cgroup, spec.tmp_bytes, spec.cpus),
     )
 
 
@@ -336,13 +340,17 @@ def _gpu_args(spec: SandboxSpec) -> list[str]:
     return args
 
 
-def child_preexec(cgroup: Cgroup | None, file_bytes: int = MAX_FILE_BYTES) -> Callable[[], None]:
-    """Runs in the child between fork and exec: file-size and core limits, then the cgroup (as the
-    harness's user, before bwrap changes anything, so nothing the child starts escapes it)."""
+def child_preexec(cgroup: Cgroup | None, file_bytes: int = MAX_FILE_BYTES,
+                  cpus: tuple[int, ...] = ()) -> Callable[[], None]:
+    """Runs in the child between fork and exec: file-size and core limits, the CPU set's affinity,
+    then the cgroup (as the harness's user, before bwrap changes anything, so nothing the child
+    starts escapes it). The affinity alone could be widened by the child; the cgroup's cpuset cannot."""
 
     def prepare() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if cpus:
+            os.sched_setaffinity(0, cpus)
         if cgroup is not None:
             cgroup.join()
 
@@ -430,27 +438,29 @@ class Cgroup:
         return "freezer" in self.paths
 
     @classmethod
-    def create(cls, name: str, memory_bytes: int, cpus: float | None = None) -> tuple[Cgroup | None, str]:
-        """The cgroup (or None when no controller is usable), and a note on what is missing."""
+    def create(cls, name: str, memory_bytes: int, cpus: float | None = None,
+               cpuset: tuple[int, ...] = ()) -> tuple[Cgroup | None, str]:
+        """The cgroup (or None when no controller is usable), and a note on what is missing.
+        `cpuset`: confine the group to these CPUs (a run's lease), not only to a quota of CPU time."""
         try:
-            group = cls._make(name)
+            group = cls._make(name, with_cpuset=bool(cpuset))
         except (OSError, ValueError) as exc:
             return None, f"no cgroup ({exc}): the supervisor's measurement enforces the memory budget"
-        problems = group._limit(memory_bytes, cpus)
+        problems = group._limit(memory_bytes, cpus, cpuset)
         if not group.paths:
             group.remove()
             return None, f"no cgroup ({'; '.join(problems)}): the supervisor's measurement enforces the memory budget"
         return group, "; ".join(problems)
 
     @classmethod
-    def _make(cls, name: str) -> Cgroup:
+    def _make(cls, name: str, with_cpuset: bool = False) -> Cgroup:
         if "/" in name or name in ("", ".", ".."):
             raise ValueError(f"bad cgroup name {name!r}")
         own = _own_cgroups()
         v1 = _v1_mounts()
         if "memory" in v1:
             paths = {}
-            for controller in ("memory", "pids", "cpu", "cpuacct", "freezer"):
+            for controller in V1_CONTROLLERS if with_cpuset else V1_CONTROLLERS[:-1]:
                 if controller in v1 and controller in own:
                     mount_point, mount_root = v1[controller]
                     paths[controller] = mount_point / os.path.relpath(own[controller], mount_root) / name
@@ -464,10 +474,10 @@ class Cgroup:
                     path.rmdir()
                 raise
             return cls({c: p.resolve() for c, p in paths.items()}, 1)
-        return cls._make_v2(name, own)
+        return cls._make_v2(name, own, with_cpuset)
 
     @classmethod
-    def _make_v2(cls, name: str, own: dict[str, str]) -> Cgroup:
+    def _make_v2(cls, name: str, own: dict[str, str], with_cpuset: bool = False) -> Cgroup:
         mount = _v2_mount()
         if mount is None or "" not in own:
             raise ValueError("no cgroup memory controller (neither v1 nor v2)")
@@ -475,7 +485,8 @@ class Cgroup:
         parent = mount_point / os.path.relpath(own[""], mount_root)
         available = set((parent / "cgroup.controllers").read_text().split())
         enabled = set((parent / "cgroup.subtree_control").read_text().split())
-        for controller in ({"memory", "pids", "cpu"} & available) - enabled:
+        wanted = {"memory", "pids", "cpu"} | ({"cpuset"} if with_cpuset else set())
+        for controller in (wanted & available) - enabled:
             try:  # fails (EBUSY) where this cgroup holds processes itself; then it stays missing
                 (parent / "cgroup.subtree_control").write_text(f"+{controller}")
                 enabled.add(controller)
@@ -484,13 +495,13 @@ class Cgroup:
         path = parent / name
         path.mkdir(exist_ok=True)
         # cpu time (cpu.stat usage_usec) and the freezer (cgroup.freeze) come with every v2 cgroup.
-        controllers = {c: path for c in ("memory", "pids", "cpu") if c in enabled}
+        controllers = {c: path for c in ("memory", "pids", "cpu", "cpuset") if c in enabled & wanted}
         controllers["cpuacct"] = path
         if (path / "cgroup.freeze").exists():
             controllers["freezer"] = path
         return cls(controllers, 2)
 
-    def _limit(self, memory_bytes: int, cpus: float | None) -> list[str]:
+    def _limit(self, memory_bytes: int, cpus: float | None, cpuset: tuple[int, ...] = ()) -> list[str]:
         """Set each controller's limit; drop (and name) those that cannot be set."""
         settings: dict[str, list[tuple[str, str]]]
         if self.version == 1:
@@ -500,13 +511,18 @@ class Cgroup:
             if cpus is not None:
                 settings["cpu"] = [("cpu.cfs_period_us", str(CPU_PERIOD_US)),
                                    ("cpu.cfs_quota_us", str(max(1000, round(cpus * CPU_PERIOD_US))))]
+            if cpuset and "cpuset" in self.paths:  # a v1 cpuset starts empty: memory nodes too, the parent's
+                mems = (self.paths["cpuset"].parent / "cpuset.mems").read_text().strip()
+                settings["cpuset"] = [("cpuset.cpus", format_cpus(cpuset)), ("cpuset.mems", mems)]
         else:
             settings = {"memory": [("memory.max", str(memory_bytes)), ("memory.swap.max?", "0")],
                         "pids": [("pids.max", str(MAX_PROCESSES))]}
             if cpus is not None:
                 settings["cpu"] = [("cpu.max", f"{max(1000, round(cpus * CPU_PERIOD_US))} {CPU_PERIOD_US}")]
+            if cpuset:
+                settings["cpuset"] = [("cpuset.cpus", format_cpus(cpuset))]
         problems = []
-        for controller in ("memory", "pids", "cpu", "cpuacct", "freezer"):
+        for controller in ("memory", "pids", "cpu", "cpuacct", "freezer", *(("cpuset",) if cpuset else ())):
             if controller not in self.paths:
                 problems.append(f"no cgroup {controller} controller: {_CONSEQUENCE[controller]}")
                 continue
@@ -682,6 +698,7 @@ _CONSEQUENCE = {
     "cpu": "the thread count is not enforced by the kernel",
     "cpuacct": "CPU time is measured from live processes only",
     "freezer": "the run cannot be paused",
+    "cpuset": "the run's CPU set is only its affinity mask, which its code could widen",
 }
 
 
@@ -707,7 +724,7 @@ def _mounts(fstype: str) -> Iterator[tuple[Path, str, list[str]]]:
 def _v1_mounts() -> dict[str, tuple[Path, str]]:
     found: dict[str, tuple[Path, str]] = {}
     for point, root, options in _mounts("cgroup"):
-        for controller in ("memory", "pids", "cpu", "cpuacct", "freezer"):
+        for controller in V1_CONTROLLERS:
             if controller in options and controller not in found:
                 found[controller] = (point, root)
     return found

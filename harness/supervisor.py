@@ -58,7 +58,7 @@ class RunRequest:
     """The hardware class in the key (a division's declared one); None: this machine's CPU or GPU."""
 
     def hardware_class(self) -> str:
-        return self.hardware or hardware_fingerprint(self.device)
+        return self.hardware or hardware_fingerprint(self.device, self.threads)
 
     def key(self, data_checksums: dict[str, str]) -> str:
         """Everything that determines the result; runs with equal keys are interchangeable."""

@@ -35,6 +35,16 @@ def ptb() -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cpu_locks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test session's own CPU-lease folder (harness.cpus), for every harness it starts: its runs
+    share the CPUs among themselves as runners on one machine do, and never wait on a competition
+    running beside the tests on a developer's machine."""
+    folder = tmp_path_factory.mktemp("cpu-locks")
+    os.environ["HARNESS_LOCK_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own empty user cache unless it asks for the shared one."""

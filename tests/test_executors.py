@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import socket
 from pathlib import Path
 
@@ -42,9 +43,13 @@ def test_a_declared_hardware_class_keys_the_runs_instead_of_the_drivers_machine(
     limits = RunLimits(seconds=5, memory_bytes=2**30)
     here = RunRequest(entry=entry, hparams={}, seed=0, device="cpu", threads=1, limits=limits)
     declared = dataclasses.replace(here, hardware="cpu:declared")
-    assert here.hardware_class() == hardware_fingerprint("cpu")
+    assert here.hardware_class() == hardware_fingerprint("cpu", 1)
     assert declared.row_fields({})["hardware"] == "cpu:declared"
     assert here.key({}) != declared.key({})
+    # The cores a run gets are part of its hardware: a 1-thread result never stands in for a 2-thread one.
+    if (os.cpu_count() or 1) >= 2:
+        assert dataclasses.replace(here, threads=2).key({}) != here.key({})
+    assert hardware_fingerprint("cpu", 10_000) == hardware_fingerprint("cpu")  # at most the machine's
 
 
 def test_the_digest_covers_every_token_id() -> None:
@@ -76,7 +81,7 @@ def test_the_node_body_streams_placement_phases_and_the_result() -> None:
     pytest.importorskip("ray", reason="the ray extra is not installed")
     data = synthetic_data()
     stream = list(_run_on_node(spec_for((ENTRIES / "slow_counter.py").read_text()), data, data_digest(data), "bwrap"))
-    assert stream[0] == {"type": "placed", "node": socket.gethostname(), "hardware": hardware_fingerprint("cpu")}
+    assert stream[0] == {"type": "placed", "node": socket.gethostname(), "hardware": hardware_fingerprint("cpu", 1)}
     assert {"type": "phase", "phase": "scoring"} in stream
     last = stream[-1]
     assert last["type"] == "result" and last["result"].status is RunStatus.OK, last["result"].reason

@@ -154,6 +154,30 @@ def test_more_threads_than_the_cpu_quota_get_no_more_cpu(tmp_path: Path, confine
     assert 0.5 * quota * wall < used <= 1.3 * quota * wall, (used, wall)  # measured by the cgroup, layers included
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a CPU set narrower than the machine needs two CPUs")
+def test_a_cpu_lease_holds_the_sandboxed_process_and_it_cannot_widen_it(tmp_path: Path,
+                                                                        confinement: Confinement) -> None:
+    """A run's CPUs (harness.cpus) are its affinity and its cpuset cgroup: asking the kernel for every
+    CPU from inside gets nothing more, so its neighbour's CPUs stay its neighbour's."""
+    cpu = max(os.sched_getaffinity(0))
+    group, note = Cgroup.create(f"ptb-harness-test-{os.getpid()}-cpuset", 1 << 30, 1.0, (cpu,))
+    assert group is not None and "cpuset" in group.controllers, note
+    code = ("import os, json\nbefore = sorted(os.sched_getaffinity(0))\n"
+            "try:\n    os.sched_setaffinity(0, range(os.cpu_count()))\nexcept OSError as exc:\n    pass\n"
+            "print(json.dumps([before, sorted(os.sched_getaffinity(0))]))")
+    work = tmp_path / "run"
+    work.mkdir()
+    try:
+        child = start_sandboxed([sys.executable, "-I", "-c", code], SandboxSpec(work, cpus=(cpu,)), confinement,
+                                group, stdout=subprocess.PIPE)
+        output, _ = child.communicate(timeout=60)
+    finally:
+        group.kill_all()
+        group.remove()
+    assert child.returncode == 0, output
+    assert json.loads(output.decode().strip().splitlines()[-1]) == [[cpu], [cpu]]
+
+
 def grows(group: Cgroup, start: float, by: float, within: float = 10.0) -> bool:
     """Whether the group's CPU time passes `start + by` within `within` s (the machine is shared)."""
     deadline = time.monotonic() + within
