@@ -42,7 +42,7 @@ def main() -> None:
             for label, command in (
                 ("harness results (open phase, table)", ["results"]),
                 ("harness results --phase final --format csv", ["results", "--phase", "final", "--format", "csv"]),
-                ("harness results --runs --status failed", ["results", "--status", "failed"]),
+                ("harness results --runs --status failed", ["results", "--runs", "--status", "failed"]),
                 ("harness show 1234", ["show", "1234"]),
             ):
                 on_pg, on_sqlite = alternate(lambda: best_of(1, [*command, "--db", pg]),

@@ -12,7 +12,6 @@ import html5lib
 import numpy as np
 import pytest
 
-from harness.errors import RunStatus
 from harness.site import SiteOptions, build_site, entry_filename
 from harness.store import CurvePoint, Run, Store
 

@@ -1,7 +1,5 @@
 """Writes 2 GiB into its work directory from the (untimed) scorer setup: twice the disk quota."""
 
-import os
-
 from tests.hostile._base import Uniform
 
 CHUNK = b"\xa5" * (16 << 20)
