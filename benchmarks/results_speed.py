@@ -50,7 +50,7 @@ def main() -> None:
             ("harness results (open phase, table)", ["results", "--db", str(db)]),
             ("harness results --phase final --format csv", ["results", "--db", str(db), "--phase", "final",
                                                            "--format", "csv"]),
-            ("harness results --runs --status failed", ["results", "--db", str(db), "--status", "failed"]),
+            ("harness results --runs --status failed", ["results", "--db", str(db), "--runs", "--status", "failed"]),
             ("harness show 1234", ["show", "1234", "--db", str(db)]),
         ):
             print(f"{label}: {best_of(5, command) * 1000:.0f} ms (median of 5, in-process)")
