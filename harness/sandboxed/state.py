@@ -94,7 +94,7 @@ def save_checkpoint(state: Any, path: Path) -> None:
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
-    storages: dict[tuple[int, int, tuple[int, ...], str], str] = {}
+    storages: dict[tuple[str, int, int, tuple[int, ...], str], str] = {}
     structure = _pack(state, "", tensors, storages)
     partial = path.with_name(path.name + ".partial")
     save_file(tensors, str(partial), metadata={"structure": json.dumps(structure)})
@@ -111,18 +111,21 @@ def load_checkpoint(path: Path, device: torch.device) -> Any:
 
 
 def _pack(value: Any, path: str, tensors: dict[str, torch.Tensor],
-          storages: dict[tuple[int, int, tuple[int, ...], str], str]) -> Any:
+          storages: dict[tuple[str, int, int, tuple[int, ...], str], str]) -> Any:
     if isinstance(value, np.ndarray):
         key = path or "value"
         tensors[key] = torch.from_numpy(np.ascontiguousarray(value)).clone()
         return {"a": key}
     if isinstance(value, torch.Tensor):
-        tensor = value.detach().to("cpu")
-        identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), str(tensor.dtype))
+        original = value.detach()
+        # Identity from the tensor where it lives: a CPU copy of a CUDA tensor is new memory each time,
+        # and a freed copy's address can come back for another tensor (a false "tied" match).
+        identity = (str(original.device), original.untyped_storage().data_ptr(), original.storage_offset(),
+                    tuple(original.shape), str(original.dtype))
         if identity in storages:  # the same tensor twice (tied weights): store it once
             return {"t": storages[identity]}
         key = path or "value"
-        tensors[key] = tensor.contiguous().clone()  # safetensors refuses tensors that share memory
+        tensors[key] = original.to("cpu").contiguous().clone()  # safetensors refuses tensors that share memory
         storages[identity] = key
         return {"t": key}
     if isinstance(value, dict):
