@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
 import site
@@ -111,7 +112,9 @@ SAME_SCORE_ALONE = ("good_bigram",)
 """Good entries whose score does not depend on timing (one full epoch well inside the budget):
 they must score exactly what they score alone under the same options. unigram's 4 s budget
 ends mid-epoch, at a point that depends on the machine's load, so it is only required to be ok."""
-RUN_OPTIONS = ("--budget", "4", "--memory", "2GiB", "--evals", "1", "--sandbox", "bwrap")
+RUN_OPTIONS = ("--budget", "4", "--memory", "2GiB", "--evals", "1", "--sandbox", "bwrap", "--threads", "1")
+SIDE_BY_SIDE = ("--jobs", "2")
+"""The corpus runs two at a time, each on its own CPU: a hostile neighbour must not change a run."""
 UNIFORM = ("gc_snoop", "plant_files", "read_secrets", "marker_import", "tamper_describe", "patch_clock", "weights_change")
 """Entries that end `ok` as the uniform model: they score exactly the vocabulary size."""
 GOOD_BIGRAM = ENTRIES / "good_bigram.py"
@@ -208,7 +211,7 @@ def test_hostile_corpus_in_one_run_all(tmp_path: Path, env: dict[str, str]) -> N
     thread.start()
     before = snapshot(project)
     try:
-        result = run_cli("run", "--all", *RUN_OPTIONS, cwd=project, env=env, timeout=3000)
+        result = run_cli("run", "--all", *RUN_OPTIONS, *SIDE_BY_SIDE, cwd=project, env=env, timeout=3000)
     finally:
         stop.set()
         thread.join()
@@ -229,6 +232,12 @@ def test_hostile_corpus_in_one_run_all(tmp_path: Path, env: dict[str, str]) -> N
         assert runs[entry].status == "ok", (entry, runs[entry].reason)
     for entry in SAME_SCORE_ALONE:
         assert (runs[entry].valid_ppl, runs[entry].test_ppl) == alone_scores[entry]
+    timed = sorted((r for r in runs.values() if r.started_at and r.ended_at), key=lambda r: r.started_at)
+    overlapping = [(a, b) for a, b in zip(timed, timed[1:]) if b.started_at < a.ended_at]
+    assert overlapping or len(os.sched_getaffinity(0)) < 2, "the corpus should have run side by side"
+    for a, b in overlapping:  # runs out at the same time never held the same CPU
+        if a.isolation.get("cpus") and b.isolation.get("cpus"):
+            assert a.isolation["cpus"] != b.isolation["cpus"], (a.entry, b.entry, a.isolation["cpus"])
     assert all(r.isolation["sandbox"] == "bwrap" for r in runs.values() if not r.entry.startswith("submissions/"))
     assert received == []  # no connection left the sandbox
     assert snapshot(project) == before  # no file outside the runs' directories changed
