@@ -6,7 +6,7 @@ supervisor's own count of tokens over its own training clock between two progres
 warm-up. The bare loop trains the same entry in this process. Rounds alternate (A/B); prints
 tokens/s and the ratio harness / bare (target >= 0.97).
 
-    python -m benchmarks.loop_overhead [--steps 200] [--rounds 2]
+    python -m benchmarks.loop_overhead [--entry lstm_small] [--steps 200] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ WARMUP = 20
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entry", default="lstm_small", help="a baseline (lstm_sprint: short steps, where a "
+                        "per-step cost shows most)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
@@ -34,13 +36,13 @@ def main() -> None:
     corpus_data, data = run_data()
 
     def harness_rate() -> float:
-        _, events = harness_run(data, "lstm_small", {"max_steps": args.steps}, 3600, 0, threads)
+        _, events = harness_run(data, args.entry, {"max_steps": args.steps}, 3600, 0, threads)
         progress = [e for _, e in events if e["type"] == "progress" and e["step"] >= WARMUP]
         first, last = progress[0], progress[-1]
         return (last["tokens"] - first["tokens"]) / (last["train_seconds"] - first["train_seconds"])
 
     def bare_rate() -> float:
-        entry = in_process_entry(corpus_data, "lstm_small", {})
+        entry = in_process_entry(corpus_data, args.entry, {})
         feed = TrainFeed(data.train, data.eos_id, entry.hparams.batch_size, entry.hparams.seq_len, None, None, None,
                          len(data.vocab), 0)
         batches = [feed.next_batch(None) for _ in range(args.steps)]
@@ -54,7 +56,7 @@ def main() -> None:
 
     harness, bare = alternate(harness_rate, bare_rate, args.rounds)
     print(f"machine: {machine()}")
-    print(f"model: lstm_small, {args.steps} steps ({WARMUP} warm-up); {args.rounds} rounds each")
+    print(f"model: {args.entry}, {args.steps} steps ({WARMUP} warm-up); {args.rounds} rounds each")
     print(f"harness trainer: {harness:,.0f} tokens/s   bare loop: {bare:,.0f} tokens/s")
     print(f"ratio harness/bare: {harness / bare:.3f}  (target >= 0.97)")
 
