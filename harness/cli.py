@@ -2,7 +2,8 @@
 `HarnessError`s into messages and exit codes.
 
 Exit codes: 0 everything ran and scored; 1 a run (or a check) did not end ok; 2 bad usage or
-options; 3 the harness could not work (data, database, entries); 130 interrupted.
+options; 3 the harness could not work (data, database, entries); 130 interrupted (Ctrl-C); 143
+terminated (SIGTERM), cleaned up the same way.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import re
 import shutil
 import sys
@@ -37,6 +39,16 @@ from harness.supervisor import (
 
 EXIT_RUN_FAILED = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, systemd, a batch scheduler's end of job): stopped as Ctrl-C stops, cleaned up."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one must not cut the clean-up short
+    raise Terminated()
 
 
 def _entry_dirs(submissions: str, baselines: str) -> dict[str, Path]:
@@ -88,6 +100,9 @@ def absolute_data_dir() -> None:
 def main() -> None:
     """ptb-harness: train and score Penn Treebank language models under enforced budgets."""
     absolute_data_dir()
+    # Without this, SIGTERM ends Python at once: no run is recorded `interrupted`, no sandbox is
+    # cleared, and on cgroup v1 a frozen scorer would outlive it.
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 @main.command()
@@ -724,6 +739,9 @@ class _errors_to_exit:
             detail = str(exc.orig or exc)
             click.echo(f"error: {_database_problem('the results database failed: ' + detail)}", err=True)
             sys.exit(StoreError.exit_code)
+        if isinstance(exc, Terminated):
+            click.echo("\nterminated (SIGTERM): the runs in progress were recorded as interrupted", err=True)
+            sys.exit(EXIT_TERMINATED)
         if isinstance(exc, KeyboardInterrupt):
             click.echo("\ninterrupted: the run in progress was recorded as interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)

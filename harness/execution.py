@@ -39,7 +39,9 @@ from harness.cpus import format_cpus
 from harness.errors import FailureKind, RunStatus
 from harness.feed import MAX_BATCH_TOKENS, TrainFeed
 from harness.protocol import Channel, ChildGone, ProtocolViolation, child_failure, validate
-from harness.sandbox import Cgroup, Confinement, DiskUnreadable, SandboxSpec, disk_usage, start_sandboxed
+from harness.sandbox import (
+    Cgroup, Confinement, DiskUnreadable, SandboxSpec, disk_usage, start_sandboxed, sweep_orphan_cgroups,
+)
 from harness.scoring import EvalProtocol, MaskedScore, Request, ScoreFailure, ScorePass, SplitScore, payload_of, sentence_nll
 
 POLL_SECONDS = 0.1
@@ -396,6 +398,7 @@ class _Run:
         return self.result
 
     def _prepare(self) -> None:
+        sweep_orphan_cgroups()  # a killed supervisor's groups (frozen processes included) go first
         self.run_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.run_dir, 0o755)
         # The entry's file, written by the supervisor from the source it hashed, shown read-only.

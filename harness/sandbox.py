@@ -692,6 +692,71 @@ class Cgroup:
                     time.sleep(0.05)
 
 
+CGROUP_PREFIX = "ptb-harness-"
+"""Every run's cgroup is named ptb-harness-<supervisor pid>-<random>-<process>."""
+
+
+def sweep_orphan_cgroups() -> int:
+    """Clear the cgroups of supervisors that are gone; return how many groups were removed.
+
+    A supervisor killed outright (SIGKILL, a lost node) runs no clean-up: its cgroups stay, and on
+    cgroup v1 a frozen scorer in one of them cannot even die (a frozen task handles no signal, so
+    --die-with-parent's SIGKILL waits for ever, holding its memory). Every run first thaws, kills and
+    removes the groups whose supervisor's pid is no longer alive. A live pid, even a reused one,
+    keeps its groups: never someone else's."""
+    removed = 0
+    for name, (paths, version) in _sibling_groups().items():
+        pid = _supervisor_pid(name)
+        if pid is None or _alive(pid):
+            continue
+        group = Cgroup(paths, version)
+        try:
+            group.thaw()  # v1: a frozen task dies only once thawed
+            group.kill_all()
+        except OSError:
+            pass
+        group.remove()
+        removed += not any(path.exists() for path in paths.values())
+    return removed
+
+
+def _sibling_groups() -> dict[str, tuple[dict[str, Path], int]]:
+    """name -> ({controller: folder}, version) of the ptb-harness-* groups beside where this process
+    makes its own."""
+    own = _own_cgroups()
+    found: dict[str, tuple[dict[str, Path], int]] = {}
+    places = [(c, mount_point / os.path.relpath(own[c], mount_root), 1)
+              for c, (mount_point, mount_root) in _v1_mounts().items() if c in own]
+    mount = _v2_mount()
+    if mount is not None and "" in own:
+        places += [(c, mount[0] / os.path.relpath(own[""], mount[1]), 2) for c in ("freezer", "cpuacct")]
+    for controller, parent, version in places:
+        try:
+            folders = [p for p in parent.iterdir() if p.name.startswith(CGROUP_PREFIX) and p.is_dir()]
+        except OSError:
+            continue
+        for folder in folders:
+            if controller == "freezer" and version == 2 and not (folder / "cgroup.freeze").exists():
+                continue
+            found.setdefault(folder.name, ({}, version))[0][controller] = folder.resolve()
+    return found
+
+
+def _supervisor_pid(name: str) -> int | None:
+    rest = name[len(CGROUP_PREFIX):].split("-", 1)[0]
+    return int(rest) if rest.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 _CONSEQUENCE = {
     "memory": "the supervisor's measurement enforces the memory budget",
     "pids": "only the supervisor's process count limits processes",

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from harness.store import Store
@@ -102,19 +103,35 @@ def test_a_crashing_entry_fails_alone_in_run_all(project: Path, env: dict[str, s
         assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_ctrl_c_records_the_run_in_progress_as_interrupted(project: Path, env: dict[str, str]) -> None:
+def is_scorer(process: psutil.Process) -> bool:
+    try:
+        return "harness.sandboxed.scorer" in " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+
+
+@pytest.mark.parametrize(("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_records_the_run_in_progress_as_interrupted(project: Path, env: dict[str, str],
+                                                                      sent: int, code: int) -> None:
+    """Ctrl-C, or SIGTERM (kill, a scheduler ending the job), while it trains after a validation
+    pass: the run is recorded and every sandboxed process is gone, the scorers (frozen while the
+    trainer runs; on cgroup v1 a frozen process cannot die until thawed) included."""
     full_env = {**os.environ, **env, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(ENTRIES / "sleepy.py"),
-                                "--budget", "120"], cwd=project, env=full_env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    db = project / "harness.sqlite"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if db.exists() and any(r.environment for r in Store(db).runs()):
-            break  # the child has started and reported its environment
-        time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
+    process = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(ENTRIES / "slow_counter.py"),
+                                "--budget", "120", "--evals", "2", "--hparam", "max_steps=100000"],
+                               cwd=project, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    scorers: list[psutil.Process] = []
+    deadline = time.monotonic() + 150
+    while not scorers and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)  # the first validation pass starts the scorers; training then goes on
+        scorers = [c for c in psutil.Process(process.pid).children(recursive=True) if is_scorer(c)]
+    assert scorers, "the scorers never started"
+    time.sleep(2)
+    children = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(sent)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
-    run = runs(project)["sleepy"]
-    assert run["status"] == "interrupted" and run["ended_at"]
+    assert process.returncode == code, stderr
+    run = runs(project)["slow_counter"]
+    assert run["status"] == "interrupted" and run["ended_at"] and run["steps"] > 0
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, f"sandboxed processes outlived the harness: {[c.pid for c in alive]}"

@@ -20,7 +20,7 @@ import pytest
 from harness.errors import ConfigError
 from harness.sandbox import (
     Cgroup, Confinement, SandboxSpec, bwrap_problem, disk_usage, parse_identity, resolve_confinement, resolve_mode,
-    start_sandboxed,
+    start_sandboxed, sweep_orphan_cgroups,
 )
 from tests.conftest import ptb_dir
 
@@ -176,6 +176,29 @@ def test_a_cpu_lease_holds_the_sandboxed_process_and_it_cannot_widen_it(tmp_path
         group.remove()
     assert child.returncode == 0, output
     assert json.loads(output.decode().strip().splitlines()[-1]) == [[cpu], [cpu]]
+
+
+def test_a_killed_supervisors_frozen_groups_are_swept_before_the_next_run(tmp_path: Path) -> None:
+    """A supervisor killed outright leaves its cgroups, and on v1 a frozen process in one cannot die
+    (it handles no signal): the next run thaws, kills and removes them. A live supervisor's stay."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a supervisor pid that is no longer alive
+    orphan, note = Cgroup.create(f"ptb-harness-{gone.pid}-0123abcd-scorer 1", 1 << 30, 1.0)
+    live, _ = Cgroup.create(f"ptb-harness-{os.getpid()}-4567cdef-trainer", 1 << 30, 1.0)
+    assert orphan is not None and live is not None and orphan.can_freeze, note
+    sleeper = subprocess.Popen(["sleep", "600"], preexec_fn=orphan.join)
+    try:
+        assert orphan.freeze()
+        assert sweep_orphan_cgroups() >= 1
+        assert sleeper.wait(timeout=10) == -9  # thawed, then killed
+        assert not any(path.exists() for path in orphan.paths.values())
+        assert all(path.exists() for path in live.paths.values())  # this process's own: kept
+    finally:
+        sleeper.kill()
+        orphan.thaw()
+        orphan.kill_all()
+        orphan.remove()
+        live.remove()
 
 
 def grows(group: Cgroup, start: float, by: float, within: float = 10.0) -> bool:
