@@ -30,9 +30,14 @@ def harness_run(data: RunData, entry: str, hparams: dict[str, Any], seconds: flo
     spec = RunSpec(entry, source, hashlib.sha256(source.encode()).hexdigest(), "causal", hparams, 0, "cpu",
                    threads, RunLimits(seconds=seconds, memory_bytes=8 * 2**30, evals=evals))
     events: list[tuple[float, dict[str, Any]]] = []
-    with tempfile.TemporaryDirectory(prefix="ptb-bench-") as work:
-        result = execute_run(spec, data, resolve_confinement("bwrap"), Path(work) / "run",
-                             lambda event: events.append((time.monotonic(), event)))
+    bare_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as `harness run` does for its supervisor (harness.cli.lean_supervisor)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ptb-bench-") as work:
+            result = execute_run(spec, data, resolve_confinement("bwrap"), Path(work) / "run",
+                                 lambda event: events.append((time.monotonic(), event)))
+    finally:
+        torch.set_num_threads(bare_threads)  # the bare loop it is compared with keeps its threads
     events.append((time.monotonic(), {"type": "end"}))
     return result, events
 

@@ -77,6 +77,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def lean_supervisor() -> None:
+    """The supervisor's own tensor work (checking rows of log-probs) is light; more threads for it
+    would only compete with the sandboxed processes for the run's cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def positive_seconds(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
     """--budget: a positive, finite number of seconds (0, negative, inf and nan are refused)."""
     if value is not None and not (math.isfinite(value) and value > 0):
@@ -159,6 +167,7 @@ def run(names: tuple[str, ...], run_all: bool, budget: float | None, memory: str
     with _errors_to_exit():
         if bool(names) == run_all:
             raise click.UsageError("give entry NAMES or --all (not both)")
+        lean_supervisor()
         competition = load_competition(config_path)
         executor_name = executor_name or competition.executor
         if division_name and device == "auto":
@@ -483,6 +492,7 @@ def check(path: str, hparams: tuple[str, ...], device: str, timeout: float, sand
     from harness.checking import check_entry
 
     with _errors_to_exit():
+        lean_supervisor()
         entry = EntrySource.read(Path(path), "submission")
         confinement = _confinement(sandbox)
         if confinement.sandbox == "none" and sandbox == "auto":

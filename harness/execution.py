@@ -63,6 +63,7 @@ MAX_CONTEXT = 1024               # eval_context cap: bounds the shared memory of
 SLOTS = 2                        # blocks of rows in flight: the scorer fills one while the supervisor reads the other
 PROGRESS_EVERY_SECONDS = 0.25
 MAX_EPOCH_PASSES = 100         # validation passes of an entry that validates at every epoch end
+PREFETCH_MARGIN_STEPS = 3.0      # hand a batch out ahead only this many recent steps before a decision
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -145,6 +146,8 @@ class RunResult:
     """Scorer set-up and checkpoint loading beyond their allowances, counted as training time."""
     pass_seconds: list[dict[str, float]] = field(default_factory=list)
     hooks: dict[str, int] = field(default_factory=dict)
+    prefetched: int = 0
+    """Batches handed out before the trainer asked (so it never waited for them)."""
     """How often the supervisor had the trainer call each hook (what it sent, not what it was told)."""
     """Per validation pass: wall seconds of the whole pass (checkpoint, freeze, load, score, thaw) and of the scoring."""
 
@@ -434,15 +437,19 @@ class _Run:
         remembering the window it copies."""
         self.phase = "starting scorers"
         trainer_work = self.run_dir / "trainer"
+        # The two scorers work at the same time (one lane each): they share the run's threads and, with
+        # a CPU lease, its CPUs, instead of each oversubscribing the cores with every thread.
+        threads = max(1, self.spec.threads // 2)
         for lane in range(2):
             work = self.run_dir / f"scorer{lane}"
             shutil.rmtree(work, ignore_errors=True)  # a new scorer starts with nothing of an earlier one
             work.mkdir()
             shm = self.shm_fds[lane]
-            spec = {**self._child_spec(work), "checkpoint_dir": str(trainer_work), "shm_fd": shm,
+            spec = {**self._child_spec(work), "threads": threads, "checkpoint_dir": str(trainer_work), "shm_fd": shm,
                     "shm_bytes": SLOTS * self.slot_bytes, "slot_bytes": self.slot_bytes}
+            cpus = self.cpus[lane::2] if len(self.cpus) >= 2 else self.cpus
             self.scorers.append(self._spawn(f"scorer {lane + 1}", "scorer", work, (self.entry_path, trainer_work),
-                                            (shm,), spec))
+                                            (shm,), spec, threads, cpus))
         began = time.monotonic()
         deadline = began + SCORER_SETUP_CAP_SECONDS
         layouts = set()
@@ -465,9 +472,9 @@ class _Run:
         self.result.context, self.result.window = self.context, self.window
 
     def _spawn(self, name: str, module: str, work: Path, read_only: tuple[Path, ...], fds: tuple[int, ...],
-               spec: dict[str, Any]) -> SandboxedChild:
-        limits = ChildLimits(self.spec.limits.memory_bytes, self.spec.threads, self.spec.seed, self.spec.disk_bytes,
-                             self.spec.device == "cuda", self.cpus)
+               spec: dict[str, Any], threads: int | None = None, cpus: tuple[int, ...] | None = None) -> SandboxedChild:
+        limits = ChildLimits(self.spec.limits.memory_bytes, threads or self.spec.threads, self.spec.seed,
+                             self.spec.disk_bytes, self.spec.device == "cuda", self.cpus if cpus is None else cpus)
         try:
             child = SandboxedChild(name, module, work, read_only, fds, spec, limits, self.confinement,
                                    self.run_dir / f"{name.replace(' ', '')}.log")
@@ -515,17 +522,42 @@ class _Run:
         passes = MAX_EPOCH_PASSES if self.epoch_passes else self._planned_passes()
         pass_times = [self.spec.limits.seconds * (k + 1) / (passes + 1) for k in range(passes)]
         seq, pending, epoch_closed = 0, None, False
+        # Every message the trainer gets is answered by one `next`: `sent` holds the kinds of those not
+        # answered yet. One batch may go out ahead (prefetched) so the trainer never waits for the next
+        # one; while it holds one, the supervisor decides nothing else (passes, epoch ends, the stop
+        # are decided when the trainer holds no batch, as before).
+        sent: deque[str] = deque(["context"])
+        self.step_seconds: deque[float] = deque(maxlen=8)
+        self.fixed_windows = not (self.spec.eval_at_steps or self.spec.step_cap is not None)
+        last_ack = None
         while True:
             request = self._wait(self.trainer, self._training_deadline(), {"next"}, self._overrun_reason)
+            if not sent:  # one `next` per message received: a trainer never has more to ask
+                raise RunEnd(RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
+                             "the trainer broke the harness protocol: it sent a `next` for no message it was given")
+            acked = sent.popleft()
+            now = time.monotonic()
+            if acked == "batch" and last_ack is not None:
+                self.step_seconds.append(now - last_ack)
+            last_ack = now if acked == "batch" else None
+            self.fixed_windows = self.fixed_windows and request["seq_len"] is None
             self.last_loss = request["loss"] if request["loss"] is not None else self.last_loss
             self._progress()
+            if sent:  # the trainer holds a batch handed out ahead: nothing else is decided now
+                if self._may_prefetch(passes, pass_times):
+                    self._send_batch(None)
+                    sent.append("batch")
+                    self.result.prefetched += 1
+                continue
             if pending is not None:
                 self.trainer.channel.send(pending)
+                sent.append("validation")
                 self._hook("on_validation")
                 pending = None
                 continue
             if self.feed.at_epoch_end():  # an epoch that ran out is closed before anything else
                 self.trainer.channel.send({"type": "epoch_end", "epoch": self.feed.end_epoch()})
+                sent.append("epoch_end")
                 self._hook("on_epoch_end")
                 epoch_closed = True
                 continue
@@ -539,18 +571,18 @@ class _Run:
                 seq += 1
                 began = time.monotonic()
                 self.trainer.channel.send({"type": "checkpoint", "seq": seq})
+                sent.append("checkpoint")
                 self._hook("prepare_for_eval", "resume_training")
                 self._wait_seq(self.trainer, self._training_deadline(), "checkpoint_ready", seq)
                 pending = self._validation_pass(seq, done, passes)
                 self.result.pass_seconds[-1]["total"] = time.monotonic() - began
                 continue
-            batch = self.feed.next_batch(request["seq_len"])
-            self._hook("train_step", *(["on_epoch_start"] if batch.epoch_start else []))
-            message = {"type": "batch", "shape": list(batch.inputs.shape), "epoch": batch.epoch,
-                       "epoch_start": batch.epoch_start, "step": self.feed.steps - 1,
-                       "train_seconds": self.clock.elapsed}
-            payload = b"".join(a.astype("<i4", copy=False).tobytes() for a in (batch.inputs, batch.targets))
-            self.trainer.channel.send(message, payload)  # (2, B, T) little-endian int32, no extra copy
+            self._send_batch(request["seq_len"])
+            sent.append("batch")
+            if self._may_prefetch(passes, pass_times):
+                self._send_batch(None)
+                sent.append("batch")
+                self.result.prefetched += 1
         self.result.stop_reason = stop
         self.result.train_seconds = self.clock.elapsed
         self._record_counts()
@@ -562,6 +594,32 @@ class _Run:
         self.final_seq = seq
         self.result.peak_memory_bytes = self.trainer.peak
         self._end_trainer()
+
+    def _send_batch(self, seq_len: int | None) -> None:
+        assert self.feed is not None and self.trainer is not None
+        batch = self.feed.next_batch(seq_len)
+        self._hook("train_step", *(["on_epoch_start"] if batch.epoch_start else []))
+        message = {"type": "batch", "shape": list(batch.inputs.shape), "epoch": batch.epoch,
+                   "epoch_start": batch.epoch_start, "step": self.feed.steps - 1,
+                   "train_seconds": self.clock.elapsed}
+        payload = b"".join(a.astype("<i4", copy=False).tobytes() for a in (batch.inputs, batch.targets))
+        self.trainer.channel.send(message, payload)  # (2, B, T) little-endian int32, no extra copy
+
+    def _may_prefetch(self, passes: int, pass_times: list[float]) -> bool:
+        """Whether one more batch may go out before the trainer asks: only for fixed windows, inside an
+        epoch, and while no decision (a pass, the budget, a step or epoch limit) is due within a few
+        recent steps, so everything is decided exactly where it would be without it."""
+        assert self.feed is not None
+        if not self.fixed_windows or len(self.step_seconds) < 3 or self.feed.at_epoch_end() or self.feed.finished():
+            return False
+        margin = PREFETCH_MARGIN_STEPS * max(self.step_seconds)
+        elapsed = self.clock.elapsed
+        if self.spec.limits.seconds - elapsed <= margin:
+            return False
+        done = len(self.result.curve)
+        if self.epoch_passes:
+            return True  # those passes follow epoch ends, which a prefetched batch never crosses
+        return done >= passes or pass_times[done] - elapsed > margin
 
     def _hook(self, *names: str) -> None:
         for name in names:

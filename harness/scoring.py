@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -369,7 +370,8 @@ def _audit_failure(role: str, drift: float, cut: int, split: str) -> tuple[Failu
 
 
 CHUNK_ROWS = 128
-_scratch: dict[int, torch.Tensor] = {}
+_scratch = threading.local()
+"""Per thread (runs side by side in one driver each score in their own thread): vocab -> buffer."""
 
 
 def check_rows(rows: torch.Tensor, vocab_size: int, tol: float) -> torch.Tensor:
@@ -399,9 +401,10 @@ def _logsumexp(rows: torch.Tensor) -> torch.Tensor:
     is needed; exp runs in chunks into a reused buffer (fresh 40 MB tensors cost more in page faults)."""
     vocab = rows.shape[-1]
     flat = rows.reshape(-1, vocab)
-    scratch = _scratch.get(vocab)
+    buffers: dict[int, torch.Tensor] = _scratch.__dict__.setdefault("buffers", {})
+    scratch = buffers.get(vocab)
     if scratch is None:
-        scratch = _scratch[vocab] = torch.empty(CHUNK_ROWS, vocab)
+        scratch = buffers[vocab] = torch.empty(CHUNK_ROWS, vocab)
     out = torch.empty(flat.shape[0], dtype=torch.float64)
     for start in range(0, flat.shape[0], CHUNK_ROWS):
         part = flat[start:start + CHUNK_ROWS]

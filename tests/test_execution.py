@@ -88,6 +88,32 @@ def test_hooks_run_in_order_and_counts_come_from_the_supervisor(tmp_path: Path) 
     assert result.valid.tokens == 6_000 and result.test.tokens == 3_000
 
 
+def test_batches_handed_out_ahead_change_no_count_hook_or_boundary(tmp_path: Path) -> None:
+    """The supervisor hands the next batch out before the trainer asks (so it never waits on the
+    channel), yet epochs, hooks, passes and counts fall exactly where they would one at a time."""
+    result = run(tmp_path, '''
+        class E(Base):
+            def on_epoch_start(self, epoch): self.calls.append(f"start{epoch}")
+            def on_epoch_end(self, epoch): self.calls.append(f"end{epoch}")
+            def on_validation(self, info): self.calls.append("valid")
+            def train_step(self, inputs, targets):
+                time.sleep(0.3)
+                self.calls.append("step")
+                return 1.0
+            def on_train_end(self):
+                print("CALLS", json.dumps(self.calls))
+    ''', seconds=30.0, evals=1, hparams={"max_epochs": 3})  # ~18 s of steps; the pass is due at 15 s
+    assert result.status is RunStatus.OK, result.reason
+    assert result.prefetched > 0  # batches did go out ahead
+    steps_per_epoch = -(-(4_000 // 4) // 50)
+    calls = json.loads(result.log_tail.split("CALLS ", 1)[1].splitlines()[0])
+    epochs = " ".join(c for c in calls if c != "valid").split("start")[1:]
+    assert [e.split() for e in epochs] == [[str(i), *["step"] * steps_per_epoch, f"end{i}"] for i in range(3)]
+    assert calls.count("valid") == 1 and result.hooks["train_step"] == 3 * steps_per_epoch
+    assert result.steps == 3 * steps_per_epoch and result.stop_reason == "max_epochs"
+    assert result.tokens == 3 * 4 * (4_000 // 4) and result.epochs == 3.0
+
+
 def test_the_budget_stops_training_and_validation_passes_are_not_timed(tmp_path: Path) -> None:
     result = run(tmp_path, '''
         class E(Base):
