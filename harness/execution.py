@@ -147,6 +147,8 @@ class RunResult:
     pass_seconds: list[dict[str, float]] = field(default_factory=list)
     hooks: dict[str, int] = field(default_factory=dict)
     prefetched: int = 0
+    final_scoring_seconds: float | None = None
+    """Wall seconds of the final scoring of valid and test (fresh scorers ready to both scored)."""
     """Batches handed out before the trainer asked (so it never waited for them)."""
     """How often the supervisor had the trainer call each hook (what it sent, not what it was told)."""
     """Per validation pass: wall seconds of the whole pass (checkpoint, freeze, load, score, thaw) and of the scoring."""
@@ -740,8 +742,10 @@ class _Run:
         self.on_event({"type": "phase", "phase": "scoring"})
         deadline = time.monotonic() + self.spec.limits.scoring_cap_seconds + self.spec.limits.grace
         why = f"final scoring took over {self.spec.limits.scoring_cap_seconds:.0f} s"
+        began = time.monotonic()
         valid = self._score(self.data.valid, "valid", self.final_seq, deadline, why)
         test = self._score(self.data.test, "test", self.final_seq, deadline, why)
+        self.result.final_scoring_seconds = time.monotonic() - began
         self.result.valid, self.result.test = valid, test
         self.result.train_seconds = self.clock.elapsed  # with any scorer work counted as training
         self.result.param_count = self._parameter_count()
