@@ -10,7 +10,6 @@ hyper-parameter schemas; nothing else about an entry is taken from it.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from harness.entries import EntrySource, static_metadata
 from harness.errors import FailureKind, RunStatus
 from harness.execution import ChildLimits, RunData, RunEnd, RunResult, RunSpec, SandboxedChild, execute_run
 from harness.protocol import ChildGone, ProtocolViolation, child_failure, validate
-from harness.sandbox import Confinement
+from harness.sandbox import Confinement, remove_tree
 from harness.scoring import EvalProtocol, describe_audits
 
 VOCAB_SIZE = 10_000
@@ -60,7 +59,7 @@ def check_entry(entry: EntrySource, overrides: dict[str, Any], device: str, conf
     try:
         result = execute_run(spec, synthetic_data(), confinement, work / "run")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)
     return result, findings(result)
 
 
@@ -132,7 +131,7 @@ def _describe_one(entry: EntrySource, confinement: Confinement, timeout: float) 
     finally:
         if child is not None:
             child.release()
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)
 
 
 def _described(child: SandboxedChild, deadline: float) -> dict[str, Any]:

@@ -108,6 +108,11 @@ def absolute_data_dir() -> None:
 def main() -> None:
     """ptb-harness: train and score Penn Treebank language models under enforced budgets."""
     absolute_data_dir()
+    # Text a participant wrote (a reason, a name) may hold what the terminal cannot encode (a lone
+    # surrogate): printed escaped, never a UnicodeEncodeError that stops the harness.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     # Without this, SIGTERM ends Python at once: no run is recorded `interrupted`, no sandbox is
     # cleared, and on cgroup v1 a frozen scorer would outlive it.
     signal.signal(signal.SIGTERM, _on_sigterm)

@@ -188,8 +188,14 @@ def static_metadata(entry: EntrySource) -> dict[str, str]:
             target, value = _simple_assignment(statement)
             if target in found and isinstance(value, ast.Constant) and isinstance(value.value, str):
                 if target != "name" or value.value:
-                    found[target] = value.value
+                    found[target] = encodable(value.value)
     return found
+
+
+def encodable(text: str) -> str:
+    """`text` as valid UTF-8: a lone surrogate (`"\\ud800"` in a source) becomes U+FFFD. Unchanged, it
+    cannot be written to the database, a terminal or a page, and would stop the harness there."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _entry_chain(tree: ast.Module) -> list[ast.ClassDef]:

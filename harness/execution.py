@@ -14,9 +14,7 @@ import json
 import math
 import mmap
 import os
-import secrets
 import select
-import shutil
 import socket
 import struct
 import sys
@@ -40,7 +38,8 @@ from harness.errors import FailureKind, RunStatus
 from harness.feed import MAX_BATCH_TOKENS, TrainFeed
 from harness.protocol import Channel, ChildGone, ProtocolViolation, child_failure, validate
 from harness.sandbox import (
-    Cgroup, Confinement, DiskUnreadable, SandboxSpec, disk_usage, start_sandboxed, sweep_orphan_cgroups,
+    Cgroup, Confinement, DiskUnreadable, SandboxSpec, cgroup_name, disk_usage, remove_tree, start_sandboxed,
+    sweep_orphan_cgroups,
 )
 from harness.scoring import EvalProtocol, MaskedScore, Request, ScoreFailure, ScorePass, SplitScore, payload_of, sentence_nll
 
@@ -64,6 +63,7 @@ SLOTS = 2                        # blocks of rows in flight: the scorer fills on
 PROGRESS_EVERY_SECONDS = 0.25
 MAX_EPOCH_PASSES = 100         # validation passes of an entry that validates at every epoch end
 PREFETCH_MARGIN_STEPS = 3.0      # hand a batch out ahead only this many recent steps before a decision
+PREFETCH_MAX_BYTES = 64 * 1024   # and only a batch this small (it waits in the socket's buffer)
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -209,7 +209,7 @@ class SandboxedChild:
                  confinement: Confinement, log_path: Path) -> None:
         self.name, self.work_dir, self.limits = name, work_dir, limits
         self.last_disk_check = 0.0
-        self.cgroup, cgroup_note = Cgroup.create(f"ptb-harness-{os.getpid()}-{secrets.token_hex(4)}-{name}",
+        self.cgroup, cgroup_note = Cgroup.create(cgroup_name(name),
                                                  limits.memory_bytes, float(limits.threads), limits.cpus)
         self.note = cgroup_note
         parent_end, child_end = socket.socketpair()
@@ -392,15 +392,36 @@ class _Run:
             self._final_scoring()
             self.result.status = RunStatus.OK
         except RunEnd as end:
-            self.result.status, self.result.failure = end.status, end.failure
-            self.result.reason, self.result.traceback = end.reason, end.traceback
+            self._end(end)
+        except (ChildGone, ProtocolViolation) as exc:  # a message to a child that is gone or stopped reading
+            self._end(self._send_failed(exc))
         except Exception as exc:  # a fault of the harness itself: this run fails, recorded; the others go on
             self.result.status, self.result.failure = RunStatus.FAILED, FailureKind.HARNESS_ERROR
             self.result.reason = f"the harness failed during this run: {type(exc).__name__}: {exc}"
             self.result.traceback = traceback.format_exc()
         finally:
-            self._shutdown()
+            try:
+                self._shutdown()
+            except Exception as exc:  # noqa: BLE001 - a failed clean-up never changes the run's verdict
+                self.result.log_tail = f"{self.result.log_tail}\n(the harness's clean-up failed: {type(exc).__name__}: {exc})"
         return self.result
+
+    def _end(self, end: RunEnd) -> None:
+        self.result.status, self.result.failure = end.status, end.failure
+        self.result.reason, self.result.traceback = end.reason, end.traceback
+
+    def _send_failed(self, exc: Exception) -> RunEnd:
+        """A send failed: the child's doing (it died, hung up or stopped reading), never the harness's.
+        A child that ended is classified as any ended child is (its report, memory, exit code)."""
+        for child in self.children:
+            if not child.released and (not child.alive() or child.channel.closed):
+                try:
+                    self._child_ended(child)
+                except RunEnd as end:
+                    return end
+        detail = str(exc) or "its channel was closed"
+        return RunEnd(RunStatus.FAILED, FailureKind.SANDBOX_VIOLATION,
+                      f"a process of the run stopped taking the harness's messages: {detail}")
 
     def _prepare(self) -> None:
         sweep_orphan_cgroups()  # a killed supervisor's groups (frozen processes included) go first
@@ -414,8 +435,7 @@ class _Run:
         os.chmod(self.entry_path, 0o444)
         for name in ("trainer", "scorer0", "scorer1"):
             work = self.run_dir / name
-            if work.exists():
-                shutil.rmtree(work)
+            remove_tree(work)
             work.mkdir()
         rows = self.spec.protocol.batch_size * max(self.spec.protocol.window + MAX_CONTEXT, 128)
         self.slot_bytes = rows * len(self.data.vocab) * 4
@@ -444,7 +464,7 @@ class _Run:
         threads = max(1, self.spec.threads // 2)
         for lane in range(2):
             work = self.run_dir / f"scorer{lane}"
-            shutil.rmtree(work, ignore_errors=True)  # a new scorer starts with nothing of an earlier one
+            remove_tree(work)  # a new scorer starts with nothing of an earlier one
             work.mkdir()
             shm = self.shm_fds[lane]
             spec = {**self._child_spec(work), "threads": threads, "checkpoint_dir": str(trainer_work), "shm_fd": shm,
@@ -605,7 +625,9 @@ class _Run:
                    "epoch_start": batch.epoch_start, "step": self.feed.steps - 1,
                    "train_seconds": self.clock.elapsed}
         payload = b"".join(a.astype("<i4", copy=False).tobytes() for a in (batch.inputs, batch.targets))
-        self.trainer.channel.send(message, payload)  # (2, B, T) little-endian int32, no extra copy
+        # (2, B, T) little-endian int32. A trainer that stops reading holds this send at most until
+        # its training deadline (the clock is not serviced meanwhile), then the run ends.
+        self.trainer.channel.send(message, payload, timeout=self._training_deadline() - time.monotonic())
 
     def _may_prefetch(self, passes: int, pass_times: list[float]) -> bool:
         """Whether one more batch may go out before the trainer asks: only for fixed windows, inside an
@@ -614,6 +636,8 @@ class _Run:
         assert self.feed is not None
         if not self.fixed_windows or len(self.step_seconds) < 3 or self.feed.at_epoch_end() or self.feed.finished():
             return False
+        if self.feed.batch_size * self.feed.seq_len * 8 > PREFETCH_MAX_BYTES:
+            return False  # it must fit the channel's buffer: the send must not wait on a busy trainer
         margin = PREFETCH_MARGIN_STEPS * max(self.step_seconds)
         elapsed = self.clock.elapsed
         if self.spec.limits.seconds - elapsed <= margin:
@@ -1003,7 +1027,7 @@ class _Run:
             shared.close()
             os.close(fd)
         for name in ("trainer", "scorer0", "scorer1"):  # nothing a run wrote survives it
-            shutil.rmtree(self.run_dir / name, ignore_errors=True)
+            remove_tree(self.run_dir / name)
 
     def _log_tail(self) -> str:
         parts = []

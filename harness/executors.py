@@ -174,8 +174,9 @@ class LocalExecutor(Executor):
         jobs = [job for job, _, _ in self.out.values()]
         for _, _, cancel in self.out.values():
             cancel.set()
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS  # for all of them together, not each in turn
         for _, thread, _ in self.out.values():
-            thread.join(timeout=CANCEL_WAIT_SECONDS)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.out.clear()
         while not self.inbox.empty():  # their results and events: the driver records them interrupted
             self.inbox.get_nowait()

@@ -184,10 +184,10 @@ class Channel:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send(self, message: dict[str, Any], payload: bytes = b"") -> None:
+    def send(self, message: dict[str, Any], payload: bytes = b"", timeout: float = SEND_TIMEOUT_SECONDS) -> None:
         """Blocking send with a time limit: a child that stops reading cannot hold the supervisor."""
         body = json.dumps(message).encode()
-        self.sock.settimeout(SEND_TIMEOUT_SECONDS)
+        self.sock.settimeout(max(0.1, min(timeout, SEND_TIMEOUT_SECONDS)))
         try:
             self.sock.sendall(HEADER.pack(len(body), len(payload)) + body + payload)
         except (BrokenPipeError, ConnectionResetError) as exc:

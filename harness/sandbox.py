@@ -27,6 +27,7 @@ import grp
 import os
 import pwd
 import resource
+import secrets
 import shutil
 import stat
 import subprocess
@@ -692,8 +693,32 @@ class Cgroup:
                     time.sleep(0.05)
 
 
+def remove_tree(path: Path) -> None:
+    """Delete a folder a sandboxed process wrote, whatever it made there. `rm -rf` walks iteratively
+    and never follows a link; Python's rmtree recurses once per level, so a chain of thousands of
+    nested folders raised RecursionError out of the run's clean-up and turned its verdict into a
+    harness error."""
+    if not os.path.lexists(path):
+        return
+    subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
 CGROUP_PREFIX = "ptb-harness-"
-"""Every run's cgroup is named ptb-harness-<supervisor pid>-<random>-<process>."""
+"""Every run's cgroup is named ptb-harness-<supervisor pid>.<its pid namespace>-<random>-<process>."""
+
+
+def pid_namespace() -> int:
+    """This process's pid namespace (the inode of /proc/self/ns/pid): a pid means something only in it."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def cgroup_name(process: str, pid: int | None = None) -> str:
+    """The name of a run process's cgroup: whose supervisor (pid and pid namespace) it is, and unique."""
+    return f"{CGROUP_PREFIX}{os.getpid() if pid is None else pid}.{pid_namespace()}-{secrets.token_hex(4)}-{process}"
 
 
 def sweep_orphan_cgroups() -> int:
@@ -703,7 +728,8 @@ def sweep_orphan_cgroups() -> int:
     cgroup v1 a frozen scorer in one of them cannot even die (a frozen task handles no signal, so
     --die-with-parent's SIGKILL waits for ever, holding its memory). Every run first thaws, kills and
     removes the groups whose supervisor's pid is no longer alive. A live pid, even a reused one,
-    keeps its groups: never someone else's."""
+    keeps its groups, and so does a group of another pid namespace (another container's harness,
+    whose pids mean nothing here): never someone else's."""
     removed = 0
     for name, (paths, version) in _sibling_groups().items():
         pid = _supervisor_pid(name)
@@ -743,8 +769,11 @@ def _sibling_groups() -> dict[str, tuple[dict[str, Path], int]]:
 
 
 def _supervisor_pid(name: str) -> int | None:
-    rest = name[len(CGROUP_PREFIX):].split("-", 1)[0]
-    return int(rest) if rest.isdigit() else None
+    """The supervisor's pid, when the group is of this pid namespace (else None: not ours to judge)."""
+    pid, _, namespace = name[len(CGROUP_PREFIX):].split("-", 1)[0].partition(".")
+    if not (pid.isdigit() and namespace.isdigit()) or int(namespace) != pid_namespace():
+        return None
+    return int(pid)
 
 
 def _alive(pid: int) -> bool:

@@ -80,9 +80,10 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
 
 
 def _clean(value: Any) -> Any:
-    """A value PostgreSQL and SQLite both store: no NUL in text, no non-finite float inside JSON."""
+    """A value PostgreSQL and SQLite both store: valid UTF-8 without NUL in text (a lone surrogate
+    becomes U+FFFD), no non-finite float inside JSON."""
     if isinstance(value, str):
-        return value.replace("\x00", "")
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\x00", "")
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):

@@ -114,6 +114,22 @@ def test_batches_handed_out_ahead_change_no_count_hook_or_boundary(tmp_path: Pat
     assert result.tokens == 3 * 4 * (4_000 // 4) and result.epochs == 3.0
 
 
+def test_a_child_that_stops_taking_messages_fails_as_its_own_doing(tmp_path: Path) -> None:
+    """The trainer shuts its channel for reading at import: the supervisor's next send fails. That is
+    the entry's doing, classified as such, not a fault of the harness (which is never the entry's
+    result, and is run again)."""
+    result = run(tmp_path, '''
+        import os, socket, sys
+        _channel = socket.socket(fileno=os.dup(int(sys.argv[-1])))
+        _channel.shutdown(socket.SHUT_RD)
+        class E(Base):
+            pass
+    ''', hparams={"max_steps": 3})
+    assert result.status is RunStatus.FAILED, result.reason
+    assert result.failure is not FailureKind.HARNESS_ERROR, result.reason
+    assert result.failure in (FailureKind.SANDBOX_VIOLATION, FailureKind.RUNTIME_ERROR), result.reason
+
+
 def test_the_budget_stops_training_and_validation_passes_are_not_timed(tmp_path: Path) -> None:
     result = run(tmp_path, '''
         class E(Base):

@@ -20,7 +20,7 @@ import pytest
 from harness.errors import ConfigError
 from harness.sandbox import (
     Cgroup, Confinement, SandboxSpec, bwrap_problem, disk_usage, parse_identity, resolve_confinement, resolve_mode,
-    start_sandboxed, sweep_orphan_cgroups,
+    cgroup_name, pid_namespace, remove_tree, start_sandboxed, sweep_orphan_cgroups,
 )
 from tests.conftest import ptb_dir
 
@@ -183,9 +183,11 @@ def test_a_killed_supervisors_frozen_groups_are_swept_before_the_next_run(tmp_pa
     (it handles no signal): the next run thaws, kills and removes them. A live supervisor's stay."""
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a supervisor pid that is no longer alive
-    orphan, note = Cgroup.create(f"ptb-harness-{gone.pid}-0123abcd-scorer 1", 1 << 30, 1.0)
-    live, _ = Cgroup.create(f"ptb-harness-{os.getpid()}-4567cdef-trainer", 1 << 30, 1.0)
-    assert orphan is not None and live is not None and orphan.can_freeze, note
+    orphan, note = Cgroup.create(cgroup_name("scorer 1", gone.pid), 1 << 30, 1.0)
+    live, _ = Cgroup.create(cgroup_name("trainer"), 1 << 30, 1.0)
+    # A group of another pid namespace's harness with the same dead pid: its pid means nothing here.
+    foreign, _ = Cgroup.create(f"ptb-harness-{gone.pid}.{pid_namespace() + 1}-89abcdef-trainer", 1 << 30, 1.0)
+    assert orphan is not None and live is not None and foreign is not None and orphan.can_freeze, note
     sleeper = subprocess.Popen(["sleep", "600"], preexec_fn=orphan.join)
     try:
         assert orphan.freeze()
@@ -193,12 +195,14 @@ def test_a_killed_supervisors_frozen_groups_are_swept_before_the_next_run(tmp_pa
         assert sleeper.wait(timeout=10) == -9  # thawed, then killed
         assert not any(path.exists() for path in orphan.paths.values())
         assert all(path.exists() for path in live.paths.values())  # this process's own: kept
+        assert all(path.exists() for path in foreign.paths.values())  # another namespace's: kept
     finally:
         sleeper.kill()
         orphan.thaw()
         orphan.kill_all()
         orphan.remove()
         live.remove()
+        foreign.remove()
 
 
 def grows(group: Cgroup, start: float, by: float, within: float = 10.0) -> bool:
@@ -376,6 +380,30 @@ def test_resolve_confinement(monkeypatch: pytest.MonkeyPatch) -> None:
     if AS_ROOT:
         assert resolve_confinement("auto", "1234:5678").identity == (1234, 5678)
         assert resolve_confinement("bwrap").as_dict()["identity"] == "65534:65534"
+
+
+def test_a_folder_chain_deeper_than_pythons_recursion_is_removed(tmp_path: Path) -> None:
+    """What a hostile entry leaves in its work dir: 3,000 nested folders (shutil.rmtree raised
+    RecursionError on them and the run's verdict became a harness error), and a link out of it."""
+    work = tmp_path / "work"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("kept")
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        os.mkdir("work", dir_fd=fd)
+        current = os.open("work", os.O_RDONLY, dir_fd=fd)
+        os.symlink(str(outside), "link", dir_fd=current)
+        for _ in range(3000):
+            os.mkdir("d", dir_fd=current)
+            deeper = os.open("d", os.O_RDONLY, dir_fd=current)
+            os.close(current)
+            current = deeper
+        os.close(current)
+    finally:
+        os.close(fd)
+    remove_tree(work)
+    assert not work.exists() and (outside / "keep.txt").read_text() == "kept"
 
 
 def test_disk_usage_counts_without_following_links(tmp_path: Path) -> None:

@@ -373,3 +373,13 @@ def test_a_fault_of_the_harness_is_never_reused(tmp_path: Path) -> None:
     _, second = store.claim_run("k", frozenset(), **RUN)
     store.finish_run(second, RunStatus.FAILED, failure="harness_error", reason="the harness broke")
     assert store.reusable("k", reuse) is None and store.claim_run("k", reuse, **RUN)[0] == "new"
+
+
+def test_text_a_participant_wrote_is_stored_whatever_it_holds(tmp_path: Path) -> None:
+    """A lone surrogate (`authors = "x \\ud800"` in a source) or a NUL cannot be written as UTF-8: it
+    is replaced, and the claim and the result of that run go in like any other."""
+    store = Store(tmp_path / "r.sqlite")
+    _, run_id = store.claim_run("k", frozenset(), **{**RUN, "authors": "ada \ud800 lovelace\x00"})
+    store.finish_run(run_id, RunStatus.FAILED, failure="runtime_error", reason="it said \udcff")
+    (run,) = store.runs()
+    assert run.authors == "ada \ufffd\ufffd\ufffd lovelace" and run.reason == "it said \ufffd\ufffd\ufffd"
