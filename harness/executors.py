@@ -94,6 +94,10 @@ class Executor(ABC):
     def cancel_all(self) -> list[Job]:
         """Stop every run still out (force) and return their jobs, for the driver to record."""
 
+    def finished_meanwhile(self) -> list[Finished]:
+        """Runs that ended with a result while `cancel_all` stopped the others (recorded as they ended)."""
+        return []
+
     def describe(self) -> str:
         return self.name
 
@@ -116,6 +120,7 @@ class LocalExecutor(Executor):
         self.pool = pool
         self.inbox: queue.Queue[tuple[Job, dict[str, Any]] | Finished] = queue.Queue()
         self.out: dict[int, tuple[Job, threading.Thread, threading.Event]] = {}
+        self.late: list[Finished] = []
         self.data: RunData | None = None
 
     def start(self, data: RunData) -> None:
@@ -178,9 +183,16 @@ class LocalExecutor(Executor):
         for _, thread, _ in self.out.values():
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.out.clear()
-        while not self.inbox.empty():  # their results and events: the driver records them interrupted
-            self.inbox.get_nowait()
-        return jobs
+        self.late = []
+        while not self.inbox.empty():  # a run that ended (ok, or stopped) keeps its own result
+            item = self.inbox.get_nowait()
+            if isinstance(item, Finished):
+                self.late.append(item)
+        ended = {done.job.run_id for done in self.late}
+        return [job for job in jobs if job.run_id not in ended]
+
+    def finished_meanwhile(self) -> list[Finished]:
+        return self.late
 
 
 def data_digest(data: RunData) -> str:

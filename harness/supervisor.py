@@ -282,6 +282,9 @@ class _Dispatch:
             self.store.finish_run(job.run_id, RunStatus.INTERRUPTED, failure=FailureKind.INTERRUPTED.value,
                                   reason="the harness was interrupted while this run was in progress",
                                   node=job.node, **partial)
+        for done in self.executor.finished_meanwhile():  # ended on its own (or stopped, with its counts)
+            if done.job.run_id in self.out:
+                self._finish(done)
 
 
 class _LiveEvents:
