@@ -366,6 +366,7 @@ class _Run:
                  on_event: EventSink, cpus: tuple[int, ...] = (), cancel: threading.Event | None = None) -> None:
         self.spec, self.data, self.confinement, self.on_event = spec, data, confinement, on_event
         self.cpus, self.cancel = cpus, cancel
+        self.answer_floor = 0.0
         self.run_dir = run_dir.resolve()
         self.clock = TrainingClock()
         self.result = RunResult(status=RunStatus.RUNNING)
@@ -598,6 +599,7 @@ class _Run:
                 self._wait_seq(self.trainer, self._training_deadline(), "checkpoint_ready", seq)
                 pending = self._validation_pass(seq, done, passes)
                 self.result.pass_seconds[-1]["total"] = time.monotonic() - began
+                self.answer_floor = time.monotonic() + self.spec.limits.grace
                 continue
             self._send_batch(request["seq_len"])
             sent.append("batch")
@@ -672,7 +674,10 @@ class _Run:
         self.result.epochs = round(self.feed.epochs, 4)
 
     def _training_deadline(self) -> float:
-        return self.clock.deadline(self.spec.limits.kill_after_seconds)
+        """When a trainer that has not answered is overrunning: budget plus grace on the clock, but
+        never sooner than a grace after the last validation pass (without a freezer a pass counts as
+        training and may use up the budget itself: the trainer, which waited, is not to blame)."""
+        return max(self.clock.deadline(self.spec.limits.kill_after_seconds), self.answer_floor)
 
     def _overrun_reason(self) -> str:
         limits = self.spec.limits

@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -111,6 +112,13 @@ def tiny_corpus(tmp_path: Path) -> TinyCorpus:
         "valid": ["the cat ran", "a dog sat"],
         "test": ["the dog ran on a mat", "a cat"],
     })
+
+
+def default_sigint() -> None:
+    """For a harness a test interrupts: Ctrl-C as in a terminal. A test session started in the
+    background (nohup, `&` in a script) ignores SIGINT, and a Python started with it ignored never
+    raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from harness.store import Store
-from tests.conftest import ENTRIES, REPO, make_project, run_cli
+from tests.conftest import ENTRIES, REPO, default_sigint, make_project, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -119,7 +119,8 @@ def test_ctrl_c_or_sigterm_records_the_run_in_progress_as_interrupted(project: P
     full_env = {**os.environ, **env, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(ENTRIES / "slow_counter.py"),
                                 "--budget", "120", "--evals", "2", "--hparam", "max_steps=100000"],
-                               cwd=project, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=project, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_sigint)
     scorers: list[psutil.Process] = []
     deadline = time.monotonic() + 150
     while not scorers and time.monotonic() < deadline and process.poll() is None:

@@ -18,7 +18,7 @@ import pytest
 
 from harness.cpus import machine_cpus
 from harness.store import Store
-from tests.conftest import ENTRIES, REPO, make_project, run_cli
+from tests.conftest import ENTRIES, REPO, default_sigint, make_project, run_cli
 from tests.test_cpus import hold_in_another_process
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def project(tmp_path: Path) -> Path:
 def start(project: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "harness.cli", "run", *args], cwd=project,
                             env={**os.environ, **env, "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
 
 
 def training(project: Path) -> list:
@@ -81,13 +81,18 @@ def test_jobs_is_refused_with_the_ray_executor(project: Path, env: dict[str, str
 @needs_two_cpus
 def test_ctrl_c_stops_every_run_out_and_leaves_no_process(project: Path, env: dict[str, str]) -> None:
     harness = start(project, env, "sleepy_a", "sleepy_b", "--jobs", "2", "--threads", "1", "--budget", "300")
-    deadline = time.monotonic() + 120
-    while len(training(project)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert len(training(project)) == 2, "both runs should be training at once"
-    children = psutil.Process(harness.pid).children(recursive=True)
-    harness.send_signal(signal.SIGINT)
-    _, stderr = harness.communicate(timeout=90)
+    try:
+        deadline = time.monotonic() + 120
+        while len(training(project)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert len(training(project)) == 2, "both runs should be training at once"
+        children = psutil.Process(harness.pid).children(recursive=True)
+        harness.send_signal(signal.SIGINT)
+        _, stderr = harness.communicate(timeout=90)
+    finally:  # a harness left running would hold its CPUs from the tests after this one
+        if harness.poll() is None:
+            harness.kill()
+            harness.wait()
     assert harness.returncode == 130, stderr
     gone, alive = psutil.wait_procs(children, timeout=15)
     assert not alive, f"processes outlived the interrupted runs: {alive}"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.store import Store
-from tests.conftest import ENTRIES, REPO, make_project, run_cli
+from tests.conftest import ENTRIES, REPO, default_sigint, make_project, run_cli
 from tests.ray_cluster import RayCluster, RayClusterError
 
 pytestmark = pytest.mark.slow
@@ -141,7 +141,7 @@ def test_ctrl_c_cancels_the_placed_runs_and_records_them_interrupted(cluster: Ra
                                "--budget", "60", *SHORT[2:], "--db", db, "--executor", "ray",
                                "--ray-address", cluster.address],
                               cwd=project, env={**cluster.env, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+                              text=True, preexec_fn=default_sigint)
     try:
         node = wait_for_placement(db, driver)
         time.sleep(1)
