@@ -161,7 +161,10 @@ def test_a_cpu_lease_holds_the_sandboxed_process_and_it_cannot_widen_it(tmp_path
     CPU from inside gets nothing more, so its neighbour's CPUs stay its neighbour's."""
     cpu = max(os.sched_getaffinity(0))
     group, note = Cgroup.create(f"ptb-harness-test-{os.getpid()}-cpuset", 1 << 30, 1.0, (cpu,))
-    assert group is not None and "cpuset" in group.controllers, note
+    assert group is not None, note
+    if "cpuset" not in group.controllers:  # said with every run ("affinity mask only") and by doctor
+        group.remove()
+        pytest.skip(f"no cpuset controller on this machine: {note}")
     code = ("import os, json\nbefore = sorted(os.sched_getaffinity(0))\n"
             "try:\n    os.sched_setaffinity(0, range(os.cpu_count()))\nexcept OSError as exc:\n    pass\n"
             "print(json.dumps([before, sorted(os.sched_getaffinity(0))]))")
