@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from harness.cpus import format_cpus
 from harness.errors import ConfigError
 
@@ -733,7 +735,7 @@ def sweep_orphan_cgroups() -> int:
     removed = 0
     for name, (paths, version) in _sibling_groups().items():
         pid = _supervisor_pid(name)
-        if pid is None or _alive(pid):
+        if pid is None or psutil.pid_exists(pid):
             continue
         group = Cgroup(paths, version)
         try:
@@ -774,16 +776,6 @@ def _supervisor_pid(name: str) -> int | None:
     if not (pid.isdigit() and namespace.isdigit()) or int(namespace) != pid_namespace():
         return None
     return int(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _CONSEQUENCE = {

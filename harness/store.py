@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import psutil
 from sqlalchemy import (
     JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, TypeDecorator,
     create_engine, delete, event, func, inspect, select, text, update,
@@ -528,7 +529,7 @@ class Store:
                              Run.lease_expires < now)
         here = Run.runner_host == socket.gethostname()
         local = session.execute(select(Run.id, Run.runner_pid).where(*running, here)).all()
-        dead = [run_id for run_id, pid in local if not (pid and _pid_alive(pid))]
+        dead = [run_id for run_id, pid in local if not (pid and psutil.pid_exists(pid))]
         return expired + (_interrupt(session, now, _DRIVER_GONE, Run.id.in_(dead)) if dead else 0)
 
     # -- reading ---------------------------------------------------------------------------------
@@ -675,11 +676,3 @@ def _sqlite_pragmas(connection: Any, read_only: bool) -> None:
     cursor.close()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
