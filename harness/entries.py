@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import EntryError, HparamError
+from harness.errors import EntryError, HparamError, encodable
 
 # Scalar types the command line can parse, by the name the schema uses for them.
 _SCALARS: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
@@ -191,11 +191,6 @@ def static_metadata(entry: EntrySource) -> dict[str, str]:
                     found[target] = encodable(value.value)
     return found
 
-
-def encodable(text: str) -> str:
-    """`text` as valid UTF-8: a lone surrogate (`"\\ud800"` in a source) becomes U+FFFD. Unchanged, it
-    cannot be written to the database, a terminal or a page, and would stop the harness there."""
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _entry_chain(tree: ast.Module) -> list[ast.ClassDef]:

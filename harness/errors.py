@@ -112,3 +112,9 @@ def redact_url(text: object) -> str:
     in the user part or as a query parameter, so no message or log leaks one."""
     masked = _URL_PASSWORD.sub(lambda m: m.group("head") + "***" + m.group("at"), str(text))
     return _QUERY_PASSWORD.sub(lambda m: m.group("head") + "***", masked)
+
+
+def encodable(text: str) -> str:
+    """`text` as valid UTF-8: a lone surrogate (`"\\ud800"` in a source, or escaped in a child's JSON)
+    becomes U+FFFD. Unchanged, it cannot be written to the database, a terminal or a page."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")

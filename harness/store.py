@@ -46,7 +46,7 @@ from sqlalchemy.engine import Engine, URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-from harness.errors import FailureKind, redact_url, RunStatus, StoreError
+from harness.errors import FailureKind, RunStatus, StoreError, encodable, redact_url
 
 SCHEMA_VERSION = 3
 """The schema these models describe: Alembic revision 0003 (harness/migrations/versions)."""
@@ -84,7 +84,7 @@ def _clean(value: Any) -> Any:
     """A value PostgreSQL and SQLite both store: valid UTF-8 without NUL in text (a lone surrogate
     becomes U+FFFD), no non-finite float inside JSON."""
     if isinstance(value, str):
-        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\x00", "")
+        return encodable(value).replace("\x00", "")
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
