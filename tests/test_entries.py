@@ -159,7 +159,8 @@ def test_a_name_set_on_an_entry_built_on_a_helper_base_is_read_and_checked(tmp_p
 def test_static_metadata_is_valid_utf8_whatever_the_source_escapes(tmp_path: Path) -> None:
     """`authors = "x \\ud800"` is a legal literal whose value no database, terminal or page can encode."""
     path = tmp_path / "odd.py"
-    path.write_text('class E:\n    authors = "ada \\ud800"\n    description = "fine"\n')
+    path.write_text('from harness.contract import Entry\n\n\nclass E(Entry):\n    authors = "ada \\ud800"\n'
+                    '    description = "fine"\n')
     meta = static_metadata(EntrySource.read(path, "submission"))
     assert meta["authors"] == "ada \ufffd\ufffd\ufffd" and meta["description"] == "fine"
     meta["authors"].encode("utf-8")  # strict: would raise on a lone surrogate
