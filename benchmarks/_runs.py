@@ -13,7 +13,7 @@ import torch
 from benchmarks._common import REPO, corpus
 from harness.budget import RunLimits
 from harness.contract import Budget, SetupContext
-from harness.execution import RunData, RunResult, RunSpec, execute_run
+from harness.execution import RunData, RunResult, RunSpec, execute_run, lean_supervisor
 from harness.sandbox import resolve_confinement
 from harness.sandboxed.loader import build_hparams, import_entry_class
 
@@ -31,7 +31,7 @@ def harness_run(data: RunData, entry: str, hparams: dict[str, Any], seconds: flo
                    threads, RunLimits(seconds=seconds, memory_bytes=8 * 2**30, evals=evals))
     events: list[tuple[float, dict[str, Any]]] = []
     bare_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as `harness run` does for its supervisor (harness.cli.lean_supervisor)
+    lean_supervisor()  # as `harness run` does for its supervisor
     try:
         with tempfile.TemporaryDirectory(prefix="ptb-bench-") as work:
             result = execute_run(spec, data, resolve_confinement("bwrap"), Path(work) / "run",

@@ -27,6 +27,7 @@ from harness.budget import RunLimits, format_bytes, parse_memory
 from harness.config import load_competition
 from harness.cpus import machine_cpus
 from harness.data import DataSource, load_corpus
+from harness.execution import lean_supervisor
 from harness.executors import make_executor
 from harness.entries import EntrySource, discover, parse_overrides, select, static_metadata
 from harness.errors import ConfigError, EntryError, FailureKind, HarnessError, HparamError, RunStatus, StoreError, redact_url
@@ -75,14 +76,6 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu")
     return device
-
-
-def lean_supervisor() -> None:
-    """The supervisor's own tensor work (checking rows of log-probs) is light; more threads for it
-    would only compete with the sandboxed processes for the run's cores."""
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def positive_seconds(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:

@@ -166,6 +166,12 @@ class RunEnd(Exception):
         self.status, self.failure, self.reason, self.traceback = status, failure, reason, traceback
 
 
+def lean_supervisor() -> None:
+    """For a process that supervises runs: its own tensor work (checking rows of log-probs) is light,
+    and more threads for it would only compete with the sandboxed processes for the run's cores."""
+    torch.set_num_threads(1)
+
+
 def execute_run(spec: RunSpec, data: RunData, confinement: Confinement, run_dir: Path,
                 on_event: EventSink | None = None, cpus: tuple[int, ...] = (),
                 cancel: threading.Event | None = None) -> RunResult:

@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from harness.cpus import CpuPool, format_cpus
 from harness.errors import ConfigError, DataError, FailureKind, RunStatus
-from harness.execution import RunData, RunResult, RunSpec, execute_run
+from harness.execution import RunData, RunResult, RunSpec, execute_run, lean_supervisor
 from harness.provenance import cpu_model, hardware_fingerprint
 from harness.sandbox import Confinement, resolve_confinement
 
@@ -229,7 +228,7 @@ def _run_on_node(spec: RunSpec, data: RunData, digest: str, sandbox: str) -> Ite
     if data_digest(data) != digest:
         raise DataError(f"the token ids received on {node} do not match the driver's digest {digest[:12]}: "
                         "the object store delivered different data")
-    torch.set_num_threads(1)  # the supervisor's checks are light: the node's cores are the run's
+    lean_supervisor()
     # Arrays from the object store are read-only views of shared memory: the run gets its own copy.
     local = replace(data, train=np.array(data.train), valid=np.array(data.valid), test=np.array(data.test))
     confinement = resolve_confinement(sandbox)
