@@ -88,6 +88,8 @@ def test_local_sqlite_and_ray_postgres_agree_run_for_run(cluster: RayCluster, pg
         mine, theirs = here[key][0], runs[0]
         assert mine.status == theirs.status == "ok", (theirs.entry, theirs.reason)
         assert "ray node" in theirs.node and theirs.environment["node_hardware"]
+        # Nodes sharing this host took CPU leases as local runners do: each run recorded its own CPUs.
+        assert theirs.isolation["cpus"] != "all" and theirs.isolation["cpuset"] != "none", theirs.isolation
         assert theirs.test_sentence_nll == mine.test_sentence_nll or mine.entry == "tiny_lstm"
         if mine.entry in ("unigram", "kn5"):  # counting models: bit-identical
             assert (mine.valid_nll_sum, mine.test_nll_sum) == (theirs.valid_nll_sum, theirs.test_nll_sum)
