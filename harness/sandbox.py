@@ -39,8 +39,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
 from harness.cpus import format_cpus
 from harness.errors import ConfigError
 
@@ -459,14 +457,10 @@ class Cgroup:
     def _make(cls, name: str, with_cpuset: bool = False) -> Cgroup:
         if "/" in name or name in ("", ".", ".."):
             raise ValueError(f"bad cgroup name {name!r}")
-        own = _own_cgroups()
-        v1 = _v1_mounts()
+        v1 = _v1_parents()
         if "memory" in v1:
-            paths = {}
-            for controller in V1_CONTROLLERS if with_cpuset else V1_CONTROLLERS[:-1]:
-                if controller in v1 and controller in own:
-                    mount_point, mount_root = v1[controller]
-                    paths[controller] = mount_point / os.path.relpath(own[controller], mount_root) / name
+            paths = {controller: v1[controller] / name
+                     for controller in (V1_CONTROLLERS if with_cpuset else V1_CONTROLLERS[:-1]) if controller in v1}
             made: list[Path] = []
             try:
                 for path in dict.fromkeys(paths.values()):
@@ -477,15 +471,13 @@ class Cgroup:
                     path.rmdir()
                 raise
             return cls({c: p.resolve() for c, p in paths.items()}, 1)
-        return cls._make_v2(name, own, with_cpuset)
+        return cls._make_v2(name, with_cpuset)
 
     @classmethod
-    def _make_v2(cls, name: str, own: dict[str, str], with_cpuset: bool = False) -> Cgroup:
-        mount = _v2_mount()
-        if mount is None or "" not in own:
+    def _make_v2(cls, name: str, with_cpuset: bool = False) -> Cgroup:
+        parent = _v2_parent()
+        if parent is None:
             raise ValueError("no cgroup memory controller (neither v1 nor v2)")
-        mount_point, mount_root = mount
-        parent = mount_point / os.path.relpath(own[""], mount_root)
         available = set((parent / "cgroup.controllers").read_text().split())
         enabled = set((parent / "cgroup.subtree_control").read_text().split())
         wanted = {"memory", "pids", "cpu"} | ({"cpuset"} if with_cpuset else set())
@@ -735,7 +727,7 @@ def sweep_orphan_cgroups() -> int:
     removed = 0
     for name, (paths, version) in _sibling_groups().items():
         pid = _supervisor_pid(name)
-        if pid is None or psutil.pid_exists(pid):
+        if pid is None or _pid_exists(pid):
             continue
         group = Cgroup(paths, version)
         try:
@@ -751,13 +743,11 @@ def sweep_orphan_cgroups() -> int:
 def _sibling_groups() -> dict[str, tuple[dict[str, Path], int]]:
     """name -> ({controller: folder}, version) of the ptb-harness-* groups beside where this process
     makes its own."""
-    own = _own_cgroups()
     found: dict[str, tuple[dict[str, Path], int]] = {}
-    places = [(c, mount_point / os.path.relpath(own[c], mount_root), 1)
-              for c, (mount_point, mount_root) in _v1_mounts().items() if c in own]
-    mount = _v2_mount()
-    if mount is not None and "" in own:
-        places += [(c, mount[0] / os.path.relpath(own[""], mount[1]), 2) for c in ("freezer", "cpuacct")]
+    places = [(c, parent, 1) for c, parent in _v1_parents().items()]
+    v2 = _v2_parent()
+    if v2 is not None:
+        places += [(c, v2, 2) for c in ("freezer", "cpuacct")]
     for controller, parent, version in places:
         try:
             folders = [p for p in parent.iterdir() if p.name.startswith(CGROUP_PREFIX) and p.is_dir()]
@@ -796,6 +786,33 @@ def _own_cgroups() -> dict[str, str]:
         for controller in controllers.split(",") if controllers else [""]:
             entries[controller] = path
     return entries
+
+
+def _pid_exists(pid: int) -> bool:
+    """psutil.pid_exists, in the standard library: this module runs without third-party packages
+    (bubblewrap's probe imports it with the system interpreter)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _v1_parents() -> dict[str, Path]:
+    """controller -> this process's own folder in each cgroup v1 hierarchy (where it makes groups)."""
+    own = _own_cgroups()
+    return {c: mount_point / os.path.relpath(own[c], mount_root)
+            for c, (mount_point, mount_root) in _v1_mounts().items() if c in own}
+
+
+def _v2_parent() -> Path | None:
+    """This process's own folder in the cgroup v2 hierarchy, if it has one with a memory controller."""
+    own, mount = _own_cgroups(), _v2_mount()
+    if mount is None or "" not in own:
+        return None
+    return mount[0] / os.path.relpath(own[""], mount[1])
 
 
 def _mounts(fstype: str) -> Iterator[tuple[Path, str, list[str]]]:
