@@ -405,6 +405,8 @@ class ProgressView:
         elif kind == "waiting_cpus":
             click.echo(f"run {event['run_id']} ({event['entry']}): waiting for {event['threads']} CPU(s); every "
                        "CPU is held by another run on this machine (runs never share a core)", err=True)
+        elif kind == "lease_lost":
+            click.echo(f"run {event['run_id']}: {event['reason']}", err=True)
         elif kind == "run_busy":
             click.echo(f"{event['entry']} (seed {event['seed']}): run {event['run_id']} is in progress in "
                        f"another harness process; left to it", err=True)

@@ -40,6 +40,11 @@ class StoreError(HarnessError):
     """The results database cannot be opened or written."""
 
 
+class LeaseLost(StoreError):
+    """A driver wrote to a run it no longer holds: its lease expired and another driver turned the
+    row `interrupted` (and may be running the key again). The write is refused, not merged."""
+
+
 class RunStatus(str, enum.Enum):
     """How a run ended. `running` only while it is in flight."""
 

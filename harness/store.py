@@ -46,7 +46,7 @@ from sqlalchemy.engine import Engine, URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-from harness.errors import FailureKind, RunStatus, StoreError, encodable, redact_url
+from harness.errors import FailureKind, LeaseLost, RunStatus, StoreError, encodable, redact_url
 
 SCHEMA_VERSION = 3
 """The schema these models describe: Alembic revision 0003 (harness/migrations/versions)."""
@@ -488,29 +488,61 @@ class Store:
                 .execution_options(synchronize_session=False))
             return result.rowcount == 1
 
+    def renew_held(self, run_id: int) -> None:
+        """Renew this driver's lease on a run, or raise LeaseLost saying who has it now."""
+        if not self.heartbeat(run_id):
+            with self.session() as session:
+                raise LeaseLost(self._lost_reason(session, run_id))
+
     def update_run(self, run_id: int, **fields: Any) -> None:
-        """Set columns of a run. A write by the lease holder to its running run also renews the lease."""
+        """Set columns of any run, whoever holds it (an organiser's `disqualify`). A driver writing
+        to a run it claimed uses `update_held` / `finish_run`, which refuse a lost claim."""
         self._writable()
-        now = utcnow()
         with self.session() as session:
             run = session.get(Run, run_id)
             if run is None:
                 raise StoreError(f"run {run_id} is not in the database")
             for key, value in fields.items():
                 setattr(run, key, value)
-            if run.status == _RUNNING and run.lease_holder == self.holder:
-                run.heartbeat_at, run.lease_expires = now, now + dt.timedelta(seconds=self.lease_seconds)
-            finished = run.status != _RUNNING
-        if finished and self._keep_alive is not None:
+
+    def update_held(self, run_id: int, **fields: Any) -> None:
+        """Set columns of a run this driver holds and renew its lease, in one conditional UPDATE:
+        a driver whose lease lapsed (stalled, partitioned from the database) while another driver
+        turned the row `interrupted` and took the key over must not write its late result over
+        that decision. Raises LeaseLost, and the row stays as the other driver left it."""
+        self._writable()
+        now = utcnow()
+        values = {**fields, "heartbeat_at": now, "lease_expires": now + dt.timedelta(seconds=self.lease_seconds)}
+        with self.session() as session:
+            result = session.execute(
+                update(Run).where(Run.id == run_id, Run.status == _RUNNING, Run.lease_holder == self.holder)
+                .values(**values).execution_options(synchronize_session=False))
+            if result.rowcount != 1:
+                raise LeaseLost(self._lost_reason(session, run_id))
+        if fields.get("status", _RUNNING) != _RUNNING and self._keep_alive is not None:
             self._keep_alive.release(run_id)
 
+    def _lost_reason(self, session: Session, run_id: int) -> str:
+        run = session.get(Run, run_id)
+        if run is None:
+            return f"run {run_id} is not in the database"
+        return (f"run {run_id} is no longer held by this harness ({self.holder}): it is {run.status}"
+                + (f" ({run.reason})" if run.reason else "") + "; this driver's late write was not stored")
+
     def add_curve_point(self, run_id: int, **fields: Any) -> None:
+        """Add a validation point to a run this driver holds (LeaseLost otherwise)."""
         self._writable()
         with self.session() as session:
+            held = session.execute(
+                update(Run).where(Run.id == run_id, Run.status == _RUNNING, Run.lease_holder == self.holder)
+                .values(heartbeat_at=utcnow()).execution_options(synchronize_session=False))
+            if held.rowcount != 1:
+                raise LeaseLost(self._lost_reason(session, run_id))
             session.add(CurvePoint(run_id=run_id, **fields))
 
     def finish_run(self, run_id: int, status: RunStatus, **fields: Any) -> None:
-        self.update_run(run_id, status=status.value, ended_at=utcnow(), **fields)
+        """Record how a run this driver holds ended (LeaseLost if it no longer holds it)."""
+        self.update_held(run_id, status=status.value, ended_at=utcnow(), **fields)
 
     def mark_abandoned(self) -> int:
         """Turn `running` runs whose driver is gone into `interrupted`; return how many.

@@ -22,7 +22,7 @@ import harness
 from harness.budget import RunLimits
 from harness.data import Corpus
 from harness.entries import EntrySource, static_metadata
-from harness.errors import FailureKind, RunStatus
+from harness.errors import FailureKind, LeaseLost, RunStatus
 from harness.execution import RunData, RunResult, RunSpec
 from harness.executors import Executor, Finished, Job, LocalExecutor
 from harness.provenance import cpu_model, hardware_fingerprint, harness_git_commit, run_key
@@ -167,16 +167,17 @@ class Supervisor:
             fields["environment"] = {**fields.get("environment", {}), **node_environment}
             if request.device == "cpu" and node_environment.get("node_cpu"):
                 fields["device_name"] = node_environment["node_cpu"]  # the node's CPU, not the driver's
-        if result.ok:
-            self._save_token_nll(run_id, result)
         try:
-            self.store.finish_run(run_id, result.status, **fields)
+            self._store_result(run_id, result, fields)
+        except LeaseLost as exc:  # another driver took the run over: its row stands, this result is dropped
+            result = RunResult(RunStatus.INTERRUPTED, FailureKind.INTERRUPTED, str(exc))
+            fields = {"failure": FailureKind.INTERRUPTED.value, "reason": result.reason, "peak_memory_bytes": None}
         except (SQLAlchemyError, OverflowError, ValueError) as exc:  # a value the database refuses: this
             # run fails as the harness's fault, recorded with why; the runs after it go on
             result = RunResult(RunStatus.FAILED, FailureKind.HARNESS_ERROR,
                                f"the harness could not store this run's result: {type(exc).__name__}: {exc}"[:2000])
             fields = {"failure": FailureKind.HARNESS_ERROR.value, "reason": result.reason, "peak_memory_bytes": None}
-            self.store.finish_run(run_id, result.status, failure=fields["failure"], reason=result.reason)
+            self._finish_held(run_id, result.status, failure=fields["failure"], reason=result.reason)
         outcome = RunOutcome(
             run_id=run_id, entry=request.entry.name, status=result.status, failure=fields["failure"],
             reason=result.reason, valid_ppl=fields.get("valid_ppl"), valid_tokens=fields.get("valid_tokens"),
@@ -185,6 +186,29 @@ class Supervisor:
         )
         self.on_event({"type": "run_finished", **outcome.as_dict()})
         return outcome
+
+    def _store_result(self, run_id: int, result: RunResult, fields: dict[str, Any]) -> None:
+        """The per-token NLL files, then the row; the files only while the run is still this
+        driver's (a lost claim writes nothing), and removed again if the row refuses the result."""
+        if result.ok:
+            self.store.renew_held(run_id)  # LeaseLost: a run taken over leaves no files either
+            self._save_token_nll(run_id, result)
+        try:
+            self.store.finish_run(run_id, result.status, **fields)
+        except BaseException:
+            self._drop_token_nll(run_id)
+            raise
+
+    def _finish_held(self, run_id: int, status: RunStatus, **fields: Any) -> None:
+        """Finish a run unless another driver has taken it over (then its row stands as it is)."""
+        try:
+            self.store.finish_run(run_id, status, **fields)
+        except LeaseLost as exc:
+            self.on_event({"type": "lease_lost", "run_id": run_id, "reason": str(exc)})
+
+    def _drop_token_nll(self, run_id: int) -> None:
+        for split in ("valid", "test"):
+            (self.runs_dir / str(run_id) / f"{split}_token_nll.npy").unlink(missing_ok=True)
 
     def _save_token_nll(self, run_id: int, result: RunResult) -> None:
         folder = self.runs_dir / str(run_id)
@@ -279,9 +303,9 @@ class _Dispatch:
         for job in self.executor.cancel_all():
             claimed = self.out.pop(job.run_id, None)
             partial = claimed[1].partial() if claimed else {}
-            self.store.finish_run(job.run_id, RunStatus.INTERRUPTED, failure=FailureKind.INTERRUPTED.value,
-                                  reason="the harness was interrupted while this run was in progress",
-                                  node=job.node, **partial)
+            self.supervisor._finish_held(job.run_id, RunStatus.INTERRUPTED, failure=FailureKind.INTERRUPTED.value,
+                                         reason="the harness was interrupted while this run was in progress",
+                                         node=job.node, **partial)
         for done in self.executor.finished_meanwhile():  # ended on its own (or stopped, with its counts)
             if done.job.run_id in self.out:
                 self._finish(done)
@@ -295,17 +319,24 @@ class _LiveEvents:
         self.last: dict[str, Any] = {}
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if event["type"] == "placed":  # the run has a node now: a node lost later is named by it
-            self.supervisor.store.update_run(self.run_id, node=event["node"])
-        if event["type"] == "curve":
-            point = {k: event[k] for k in ("train_seconds", "steps", "tokens", "valid_ppl")}
-            self.supervisor.store.add_curve_point(self.run_id, **point)
-        if event["type"] == "environment":  # the trainer is up: shown while the run is in flight
-            self.supervisor.store.update_run(self.run_id, environment=event["environment"])
+        try:
+            self._store(event)
+        except LeaseLost:  # another driver took the run over; its end is reported when it finishes
+            pass
+        if event["type"] == "environment":
             return
         if event["type"] in ("progress", "curve"):
             self.last = event
         self.supervisor.on_event({**event, "run_id": self.run_id, "entry": self.request.entry.name})
+
+    def _store(self, event: dict[str, Any]) -> None:
+        store = self.supervisor.store
+        if event["type"] == "placed":  # the run has a node now: a node lost later is named by it
+            store.update_held(self.run_id, node=event["node"])
+        if event["type"] == "curve":
+            store.add_curve_point(self.run_id, **{k: event[k] for k in ("train_seconds", "steps", "tokens", "valid_ppl")})
+        if event["type"] == "environment":  # the trainer is up: shown while the run is in flight
+            store.update_held(self.run_id, environment=event["environment"])
 
     def partial(self) -> dict[str, Any]:
         """What an interrupted run keeps: its steps, tokens and time so far."""

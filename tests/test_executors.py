@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,40 @@ def test_the_node_refuses_token_ids_that_do_not_match_the_drivers_digest() -> No
     assert next(stream)["type"] == "placed"
     with pytest.raises(DataError, match="do not match the driver's digest"):
         next(stream)
+
+
+def test_a_driver_that_stalls_past_its_lease_does_not_record_over_the_takeover(tmp_path: Path, tiny_corpus) -> None:
+    """A real run whose driver stalls (its event sink blocks) past its lease while another driver
+    turns the row `interrupted` and claims the key again: the stalled driver's result is refused,
+    reported as lost, and leaves neither row nor per-token files behind."""
+    from harness.data import DataSource, load_corpus
+    from harness.store import Store
+    from harness.supervisor import Supervisor
+
+    db = tmp_path / "r.sqlite"
+    stalled = Store(db, holder="stalled-driver", lease_seconds=0.5, keep_alive=False)
+    other = Store(db, holder="other-driver")
+    corpus = load_corpus(DataSource(data_dir=tiny_corpus.folder, cache_dir=tmp_path / "c", files=tiny_corpus.files))
+    entry = EntrySource.read(ENTRIES / "slow_counter.py", "submission")
+    request = RunRequest(entry=entry, hparams={"max_steps": 6, "pause": 0.1}, seed=0, device="cpu", threads=1,
+                         limits=RunLimits(seconds=30, memory_bytes=4 * 2**30, evals=0),
+                         protocol=EvalProtocol(segment_tokens=512, batch_size=4))
+    taken_over: list[int] = []
+
+    def stall_once(event: dict) -> None:
+        if event["type"] == "progress" and not taken_over:
+            time.sleep(0.8)  # the driver hangs past its lease; the other driver takes the key
+            assert other.mark_abandoned() == 1
+            action, retry = other.claim_run(request.key(dict(corpus.checksums)), frozenset({"ok"}),
+                                            **request.row_fields(dict(corpus.checksums)))
+            assert action == "new"
+            taken_over.append(retry)
+
+    with Supervisor(stalled, corpus, tmp_path / "runs", on_event=stall_once) as supervisor:
+        [outcome] = supervisor.run_all([request], frozenset({"ok"}))
+    assert taken_over, "the run never reported progress"
+    assert outcome.status == RunStatus.INTERRUPTED and "no longer held by this harness" in outcome.reason
+    lost = other.get_run(outcome.run_id)
+    assert lost.status == "interrupted" and "lease expired" in lost.reason and lost.test_ppl is None
+    assert other.get_run(taken_over[0]).status == "running"
+    assert not list((tmp_path / "runs").glob(f"{outcome.run_id}/*_token_nll.npy"))

@@ -17,7 +17,7 @@ from harness.store import SCHEMA_VERSION, Store
 from tests.conftest import make_project, run_cli
 from tests.pg_server import PASSWORD
 from tests.test_store import (
-    RUN, assert_big_counts_round_trip, assert_exactly_one_claim_per_key, assert_leases_expire_unless_renewed,
+    RUN, assert_a_lost_lease_refuses_late_writes, assert_big_counts_round_trip, assert_exactly_one_claim_per_key, assert_leases_expire_unless_renewed,
     assert_store_keeps_claims_alive, claim_race, database_at_version, schema_differences,
 )
 
@@ -90,6 +90,10 @@ def test_processes_claiming_the_same_keys_at_once_run_each_exactly_once(pg_db: s
 
 def test_an_expired_lease_is_interrupted_and_heartbeats_keep_one_alive(pg_db: str) -> None:
     assert_leases_expire_unless_renewed(pg_db)
+
+
+def test_a_driver_that_lost_its_lease_cannot_write_over_the_takeover(pg_db: str) -> None:
+    assert_a_lost_lease_refuses_late_writes(pg_db)
 
 
 def test_a_store_keeps_its_own_claims_alive(pg_db: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from harness.errors import RunStatus, StoreError
+from harness.errors import LeaseLost, RunStatus, StoreError
 from harness.migrations import head_version
 from harness.store import SCHEMA_VERSION, Base, Run, Store, database_url, redact_url
 from tests.conftest import REPO
@@ -227,6 +227,40 @@ def assert_leases_expire_unless_renewed(db: str | Path) -> None:
     time.sleep(0.8)  # A stops renewing: B's claim of the key takes over
     action, taken = driver_b.claim_run("renewed", frozenset({"ok"}), **RUN)
     assert action == "new" and driver_b.get_run(renewed).status == "interrupted"
+
+
+def test_a_driver_that_lost_its_lease_cannot_write_over_the_takeover(tmp_path: Path) -> None:
+    assert_a_lost_lease_refuses_late_writes(tmp_path / "late.sqlite")
+
+
+def assert_a_lost_lease_refuses_late_writes(db: str | Path) -> None:
+    """Driver A stalls past its lease; B turns the run `interrupted` and claims the key again. A's
+    late curve point, update and result are refused (LeaseLost, naming the row's state), and both
+    rows stay as B's decisions left them."""
+    driver_a = Store(db, holder="driver-a", lease_seconds=0.3, keep_alive=False)
+    driver_b = Store(db, holder="driver-b")
+    _, late = driver_a.claim_run("key", frozenset({"ok"}), **RUN)
+    driver_a.add_curve_point(late, train_seconds=1.0, steps=1, tokens=10, valid_ppl=900.0)  # still held
+    time.sleep(0.5)
+    action, retry = driver_b.claim_run("key", frozenset({"ok"}), **RUN)
+    assert action == "new" and retry != late
+    with pytest.raises(LeaseLost, match=r"it is interrupted \(.*lease expired"):
+        driver_a.finish_run(late, RunStatus.OK, test_ppl=1.0)
+    with pytest.raises(LeaseLost):
+        driver_a.add_curve_point(late, train_seconds=2.0, steps=2, tokens=20, valid_ppl=1.0)
+    with pytest.raises(LeaseLost):
+        driver_a.update_held(late, environment={"forged": True})
+    with pytest.raises(LeaseLost):
+        driver_a.renew_held(retry)  # B's claim is not A's to touch either
+    with pytest.raises(LeaseLost):
+        driver_a.finish_run(retry, RunStatus.FAILED)
+    after = driver_b.get_run(late)
+    assert (after.status, after.test_ppl) == ("interrupted", None) and "forged" not in after.environment
+    assert [p.valid_ppl for p in after.curve] == [900.0]
+    assert driver_b.get_run(retry).status == "running"
+    driver_b.finish_run(retry, RunStatus.OK, test_ppl=120.0)
+    assert driver_b.reusable("key", frozenset({"ok"})).id == retry
+    driver_a.update_run(late, reason="an organiser's note")  # an unconditional write stays possible
 
 
 def test_a_store_keeps_its_own_claims_alive_until_they_finish_or_it_closes(tmp_path: Path) -> None:
