@@ -158,3 +158,17 @@ def pg_server():
 def pg_url(pg_server) -> str:
     """URL (postgresql+psycopg://, with a password) of a database on the session's server."""
     return pg_server.new_database("session")
+
+
+LONGEST_FIRST = ("test_hostile.py", "test_baselines.py", "test_ray.py", "test_resume.py", "test_end_to_end.py")
+"""Modules with the longest tests (minutes each on 2 cores): started first, so that with two workers
+(pyproject's addopts) none of them begins last and runs alone at the end."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def order(item: pytest.Item) -> tuple[int, int]:
+        module = item.path.name
+        first = LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+        return (first, item.get_closest_marker("slow") is None)
+
+    items.sort(key=order)  # stable: the order within a module is kept

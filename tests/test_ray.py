@@ -17,7 +17,7 @@ from harness.store import Store
 from tests.conftest import ENTRIES, REPO, default_sigint, make_project, run_cli
 from tests.ray_cluster import RayCluster, RayClusterError
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one cluster, on one worker
 
 CPU = {"division:cpu": 1}
 SHORT = ("--budget", "5", "--evals", "0", "--threads", "1", "--memory", "2GiB", "--no-site")
