@@ -692,8 +692,11 @@ def disqualify(run_id: int, reason: str, db: str) -> None:
         if not reason.strip():
             raise ConfigError("--reason must say why the run is disqualified")
         store = open_store(_existing_db(db))
-        if store.get_run(run_id) is None:
+        run = store.get_run(run_id)
+        if run is None:
             raise EntryError(f"no run {run_id} in {redact_url(db)}; `harness results --runs` lists them")
+        if run.status == RunStatus.RUNNING.value:  # its driver's result would be refused, and lost with it
+            raise EntryError(f"run {run_id} is still running; disqualify it once it has finished")
         kind = FailureKind.DISQUALIFIED
         store.update_run(run_id, status=kind.status.value, failure=kind.value,
                          reason=f"disqualified by the organiser: {reason.strip()}")

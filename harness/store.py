@@ -488,11 +488,11 @@ class Store:
                 .execution_options(synchronize_session=False))
             return result.rowcount == 1
 
-    def renew_held(self, run_id: int) -> None:
-        """Renew this driver's lease on a run, or raise LeaseLost saying who has it now."""
-        if not self.heartbeat(run_id):
+    def renew_held(self, run_id: int, holder: str | None = None) -> None:
+        """Renew `holder`'s (default: this driver's) lease on a run, or raise LeaseLost saying who has it now."""
+        if not self.heartbeat(run_id, holder):
             with self.session() as session:
-                raise LeaseLost(self._lost_reason(session, run_id))
+                raise LeaseLost(self._lost_reason(session, run_id, holder or self.holder))
 
     def update_run(self, run_id: int, **fields: Any) -> None:
         """Set columns of any run, whoever holds it (an organiser's `disqualify`). A driver writing
@@ -505,44 +505,47 @@ class Store:
             for key, value in fields.items():
                 setattr(run, key, value)
 
-    def update_held(self, run_id: int, **fields: Any) -> None:
-        """Set columns of a run this driver holds and renew its lease, in one conditional UPDATE:
+    def update_held(self, run_id: int, holder: str | None = None, **fields: Any) -> None:
+        """Set columns of a run `holder` (default: this driver) holds, in one conditional UPDATE:
         a driver whose lease lapsed (stalled, partitioned from the database) while another driver
         turned the row `interrupted` and took the key over must not write its late result over
-        that decision. Raises LeaseLost, and the row stays as the other driver left it."""
+        that decision. Raises LeaseLost, and the row stays as the other driver left it. The lease
+        itself is renewed only by `heartbeat` (the keep-alive thread), with the claim's own length."""
         self._writable()
-        now = utcnow()
-        values = {**fields, "heartbeat_at": now, "lease_expires": now + dt.timedelta(seconds=self.lease_seconds)}
+        holder = holder or self.holder
         with self.session() as session:
             result = session.execute(
-                update(Run).where(Run.id == run_id, Run.status == _RUNNING, Run.lease_holder == self.holder)
-                .values(**values).execution_options(synchronize_session=False))
+                update(Run).where(Run.id == run_id, Run.status == _RUNNING, Run.lease_holder == holder)
+                .values(**fields).execution_options(synchronize_session=False))
             if result.rowcount != 1:
-                raise LeaseLost(self._lost_reason(session, run_id))
+                raise LeaseLost(self._lost_reason(session, run_id, holder))
         if fields.get("status", _RUNNING) != _RUNNING and self._keep_alive is not None:
             self._keep_alive.release(run_id)
 
-    def _lost_reason(self, session: Session, run_id: int) -> str:
+    def _lost_reason(self, session: Session, run_id: int, holder: str) -> str:
         run = session.get(Run, run_id)
         if run is None:
             return f"run {run_id} is not in the database"
-        return (f"run {run_id} is no longer held by this harness ({self.holder}): it is {run.status}"
+        return (f"run {run_id} is no longer held by this harness ({holder}): it is {run.status}"
                 + (f" ({run.reason})" if run.reason else "") + "; this driver's late write was not stored")
 
-    def add_curve_point(self, run_id: int, **fields: Any) -> None:
-        """Add a validation point to a run this driver holds (LeaseLost otherwise)."""
+    def add_curve_point(self, run_id: int, holder: str | None = None, **fields: Any) -> None:
+        """Add a validation point to a run `holder` (default: this driver) holds (LeaseLost otherwise)."""
         self._writable()
+        holder = holder or self.holder
         with self.session() as session:
+            # a no-op UPDATE on the held row: it takes the row's lock (PostgreSQL) or is inside the
+            # write lock (SQLite), so a takeover cannot slip in between the check and the insert
             held = session.execute(
-                update(Run).where(Run.id == run_id, Run.status == _RUNNING, Run.lease_holder == self.holder)
-                .values(heartbeat_at=utcnow()).execution_options(synchronize_session=False))
+                update(Run).where(Run.id == run_id, Run.status == _RUNNING, Run.lease_holder == holder)
+                .values(lease_holder=holder).execution_options(synchronize_session=False))
             if held.rowcount != 1:
-                raise LeaseLost(self._lost_reason(session, run_id))
+                raise LeaseLost(self._lost_reason(session, run_id, holder))
             session.add(CurvePoint(run_id=run_id, **fields))
 
-    def finish_run(self, run_id: int, status: RunStatus, **fields: Any) -> None:
-        """Record how a run this driver holds ended (LeaseLost if it no longer holds it)."""
-        self.update_held(run_id, status=status.value, ended_at=utcnow(), **fields)
+    def finish_run(self, run_id: int, status: RunStatus, holder: str | None = None, **fields: Any) -> None:
+        """Record how a run `holder` (default: this driver) holds ended (LeaseLost if it no longer does)."""
+        self.update_held(run_id, holder, status=status.value, ended_at=utcnow(), **fields)
 
     def mark_abandoned(self) -> int:
         """Turn `running` runs whose driver is gone into `interrupted`; return how many.

@@ -195,8 +195,8 @@ class Supervisor:
             self._save_token_nll(run_id, result)
         try:
             self.store.finish_run(run_id, result.status, **fields)
-        except BaseException:
-            self._drop_token_nll(run_id)
+        except LeaseLost:  # certainly not this driver's row: its files go too. On any other error
+            self._drop_token_nll(run_id)  # the write may have committed (Ctrl-C after it), so they stay
             raise
 
     def _finish_held(self, run_id: int, status: RunStatus, **fields: Any) -> None:

@@ -145,3 +145,9 @@ def test_disqualify_refuses_an_unknown_run_or_an_empty_reason(project: Path) -> 
     assert unknown.code == 3 and "no run 999" in one_line_error(unknown)
     empty = run_cli("disqualify", "1", "--reason", " ", "--db", str(db), cwd=project)
     assert empty.code == 2 and "--reason must say why" in one_line_error(empty)
+    store = Store(db, keep_alive=False)
+    running = store.start_run(entry="charlie", entry_path="/charlie.py", source_hash="c" * 64, source="x = 1\n",
+                              seed=0, device="cpu", budget_seconds=600, memory_limit_bytes=2**33, harness_version="0")
+    in_flight = run_cli("disqualify", str(running), "--reason", "x", "--db", str(db), cwd=project)
+    assert in_flight.code == 3 and "still running" in one_line_error(in_flight)
+    assert store.get_run(running).status == "running"  # its driver can still record its result

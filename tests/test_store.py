@@ -417,3 +417,18 @@ def test_text_a_participant_wrote_is_stored_whatever_it_holds(tmp_path: Path) ->
     store.finish_run(run_id, RunStatus.FAILED, failure="runtime_error", reason="it said \udcff")
     (run,) = store.runs()
     assert run.authors == "ada \ufffd\ufffd\ufffd lovelace" and run.reason == "it said \ufffd\ufffd\ufffd"
+
+
+def test_a_claim_made_for_a_named_holder_is_finished_by_that_holder(tmp_path: Path) -> None:
+    """A Store may claim for another holder id (a driver acting for a worker); the conditional writes
+    check that holder, not the Store's own id, and a write does not shorten the claim's lease."""
+    store = Store(tmp_path / "named.sqlite", keep_alive=False)
+    _, run_id = store.claim_run("key", frozenset({"ok"}), holder="worker-7", lease_seconds=3600, **RUN)
+    expires = store.get_run(run_id).lease_expires
+    store.add_curve_point(run_id, holder="worker-7", train_seconds=1.0, steps=1, tokens=10, valid_ppl=500.0)
+    store.update_held(run_id, "worker-7", environment={"node": "n7"})
+    assert store.get_run(run_id).lease_expires == expires
+    with pytest.raises(LeaseLost, match="no longer held by this harness .* it is running"):
+        store.finish_run(run_id, RunStatus.OK)  # the Store's own id does not hold it
+    store.finish_run(run_id, RunStatus.OK, holder="worker-7", test_ppl=99.0)
+    assert store.get_run(run_id).status == "ok"
