@@ -53,17 +53,17 @@ class AwdHparams(Hparams):
     cutoff_mid: int = 6000
     tail_dims: tuple[int, ...] = (64, 16)
     """Width of the tied rows of the two tail clusters."""
-    dropout_out: float = 0.2
+    dropout_out: float = 0.1
     """Locked dropout on the last layer's output."""
-    dropout_layers: float = 0.15
+    dropout_layers: float = 0.1
     """Locked dropout between the LSTM layers."""
-    dropout_in: float = 0.2
+    dropout_in: float = 0.1
     """Locked dropout on the embedding output."""
-    dropout_words: float = 0.05
+    dropout_words: float = 0.02
     """Embedding dropout: whole words removed for a step."""
-    weight_drop: float = 0.2
+    weight_drop: float = 0.1
     """DropConnect on the hidden-to-hidden matrices."""
-    alpha: float = 2.0
+    alpha: float = 1.0
     """AR: penalty on the size of the (dropped) last-layer activations."""
     beta: float = 1.0
     """TAR: penalty on their change from one position to the next."""
@@ -71,9 +71,12 @@ class AwdHparams(Hparams):
     """SGD learning rate on the loss summed over the window (AWD's 30 on the mean, at length 35)."""
     clip: float = 0.25
     init_scale: float = 0.1
+    decay_start: float = 0.4
+    """Fraction of the budget after which the learning rate halves every `halve_every` (on ctx.clock)."""
+    halve_every: float = 0.1
     nonmono: int = 2
     """NT-ASGD: trigger when validation is worse than the best of the passes before the last `nonmono`."""
-    asgd_by: float = 0.5
+    asgd_by: float = 0.7
     """Fraction of the budget after which averaging starts even if validation has not stalled."""
     budget_margin: float = 0.97
 
@@ -218,6 +221,8 @@ class AwdSmall(Entry):
         hp = self.hparams
         self.model.train()
         self._maybe_trigger_by_time()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._learning_rate()
         out, raw, state = self.model(inputs, self._train_state)  # (B, T, H) each
         self._train_state = [tuple(s.detach() for s in layer) for layer in state]
         loss = self.model.words.nll(out.flatten(0, 1), targets.flatten())  # mean NLL per token
@@ -229,6 +234,11 @@ class AwdSmall(Entry):
         if self.averaged is not None:
             self._accumulate()
         return loss.detach()
+
+    def _learning_rate(self) -> float:
+        hp = self.hparams
+        used = (self._clock.elapsed if self._clock else 0.0) / self._budget
+        return hp.lr * 0.5 ** int(max(0.0, (used - hp.decay_start) / hp.halve_every))
 
     def _maybe_trigger_by_time(self) -> None:
         if self.averaged is None and self._clock is not None and self._clock.elapsed >= self.hparams.asgd_by * self._budget:
