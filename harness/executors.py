@@ -17,6 +17,7 @@ The driver (harness.supervisor) alone claims runs and writes the database; an ex
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import socket
 import tempfile
@@ -42,6 +43,9 @@ PROGRESS_EVERY_SECONDS = 1.0
 """A placed run streams at most one progress event a second (phase changes and curve points always)."""
 CAPACITY_SECONDS = 5.0
 CANCEL_WAIT_SECONDS = 30.0
+NODE_WAIT_SECONDS = 600.0
+"""How long runs of a division wait for a node declaring it to be alive again (HARNESS_RAY_NODE_WAIT):
+a replacement node may take minutes to start, but Ray would hold the runs for ever."""
 """How long Ctrl-C waits for a local run to stop its processes (it checks every fraction of a second)."""
 
 
@@ -288,7 +292,11 @@ class RayExecutor(Executor):
         self.remote = ray.remote(_run_on_node)
         self._capacity: dict[tuple[str, str, int], tuple[int, float]] = {}
         self._seen: set[str] = set()
-        """Division resources some node declared during this run: their loss is waited out, not an error."""
+        """Division resources some node declared during this run: their loss is waited out (up to the
+        node wait), not an error."""
+        self._gone_since: dict[str, float] = {}
+        self._last_node_check = 0.0
+        self.node_wait = _node_wait()
 
     def start(self, data: RunData) -> None:
         try:
@@ -357,6 +365,35 @@ class RayExecutor(Executor):
                 finished = self._advance(generator)
                 if finished is not None:
                     return finished
+            stranded = self._stranded()
+            if stranded is not None:
+                return stranded
+
+    def _stranded(self) -> Finished | None:
+        """A run whose division has had no live node for longer than the node wait: its task is
+        cancelled and it ends `interrupted`, saying so, rather than waiting for ever."""
+        now = time.monotonic()
+        if now - self._last_node_check < CAPACITY_SECONDS:
+            return None
+        self._last_node_check = now
+        alive = {resource for node in self._alive_nodes() for resource, amount in node.get("Resources", {}).items()
+                 if resource.startswith("division:") and amount > 0}
+        for generator, job in list(self.out.items()):
+            resource = f"division:{job.division}"
+            if resource in alive:
+                self._gone_since.pop(resource, None)
+                continue
+            gone = now - self._gone_since.setdefault(resource, now)
+            if gone >= self.node_wait:
+                del self.out[generator]
+                try:
+                    self.ray.cancel(generator, force=True)
+                except Exception:  # noqa: BLE001 - a task already gone is as good as cancelled
+                    pass
+                return Finished(job, _interrupted(
+                    f"no live node of the Ray cluster has declared {resource!r} for {gone:.0f} s (the node wait, "
+                    "HARNESS_RAY_NODE_WAIT); start one with ray start --resources and run again"), job.node)
+        return None
 
     def _advance(self, generator: Any) -> Finished | None:
         """Take one item of a run's stream: an event (forwarded), the result, or the task's failure."""
@@ -404,6 +441,17 @@ class RayExecutor(Executor):
     def close(self) -> None:
         if self.ray.is_initialized():
             self.ray.shutdown()
+
+
+def _node_wait() -> float:
+    text = os.environ.get("HARNESS_RAY_NODE_WAIT", "")
+    try:
+        seconds = float(text) if text else NODE_WAIT_SECONDS
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"HARNESS_RAY_NODE_WAIT must be a positive number of seconds, got {text!r}")
+    return seconds
 
 
 def _interrupted(reason: str) -> RunResult:

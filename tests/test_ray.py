@@ -135,6 +135,35 @@ def test_a_node_killed_mid_run_leaves_it_interrupted_and_it_is_retried(cluster: 
     assert "(retry)" in err
 
 
+def test_runs_of_a_division_whose_nodes_are_all_gone_end_after_the_node_wait(cluster: RayCluster, tmp_path: Path,
+                                                                          env: dict[str, str]) -> None:
+    """The only node of a division dies and none replaces it: the run is interrupted and retried once, and
+    the retry, which no node can take, ends `interrupted` after the node wait instead of waiting for ever."""
+    cluster.add_node({"division:lonely": 1})
+    project = make_project(project_folder(tmp_path), slow_counter=ENTRIES / "slow_counter.py")
+    (project / "competition.toml").write_text('[divisions.lonely]\ndevice = "cpu"\nbudget = 60\nmemory = "2GiB"\n')
+    db = str(tmp_path / "runs.sqlite")
+    driver = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "slow_counter", "--division", "lonely",
+                               "--evals", "0", "--threads", "1", "--no-site", "--db", db, "--executor", "ray",
+                               "--ray-address", cluster.address],
+                              cwd=project, env={**cluster.env, **env, "HARNESS_RAY_NODE_WAIT": "5"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_placement(db, driver)
+        assert cluster.kill_node("division:lonely") == 1
+        _, err = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 1, err
+    runs = Store(db, read_only=True).runs()
+    # Usually the node's death is seen first (interrupted, retried) and the retry is stranded; when Ray
+    # declares the node dead before the run's own error arrives, the first attempt is the stranded one.
+    assert {run.status for run in runs} == {"interrupted"} and len(runs) in (1, 2), [(r.status, r.reason) for r in runs]
+    assert all("died mid-run" in run.reason for run in runs[:-1])
+    assert "no live node of the Ray cluster has declared 'division:lonely'" in runs[-1].reason
+
+
 def test_ctrl_c_cancels_the_placed_runs_and_records_them_interrupted(cluster: RayCluster, tmp_path: Path,
                                                                      env: dict[str, str]) -> None:
     project = make_project(project_folder(tmp_path), slow_counter=ENTRIES / "slow_counter.py")
