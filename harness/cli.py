@@ -585,14 +585,16 @@ def results(db: str, fmt: str, output: str | None, entry: str | None, status: st
                                     division=division)
             report.emit_runs(frame, fmt, output)
             return
+        classified = classified_runs(store, competition, sources, track=track)  # once, for both tables
         rankings = [ranking for ranking in leaderboard(store, chosen_phase, track=track, division=division,
                                                        competition=competition, current_sources=sources,
-                                                       references=load_references())
+                                                       references=load_references(), classified=classified)
                     if ranking.track in competition.tracks]
         if entry:
             for ranking in rankings:
                 ranking.table = ranking.table[ranking.table["entry"] == entry]
-        report.emit_rankings(rankings, failures(store, track, competition, sources), fmt, output, chosen_phase)
+        unranked = failures(store, track, competition, sources, classified=classified)
+        report.emit_rankings(rankings, unranked, fmt, output, chosen_phase)
 
 
 def _current_sources(submissions: str, baselines: str) -> dict[str, str]:

@@ -161,11 +161,14 @@ def pg_url(pg_server) -> str:
 
 
 LONGEST_FIRST = ("test_hostile.py", "test_baselines.py", "test_ray.py", "test_resume.py", "test_end_to_end.py")
-"""Modules with the longest tests (minutes each on 2 cores): started first, so that with two workers
-(pyproject's addopts) none of them begins last and runs alone at the end."""
+"""Modules with the longest tests (minutes each on 2 cores): with xdist workers (`-n 2 --dist
+loadgroup`) they start first, so that none of them begins last and runs alone at the end."""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not getattr(config.option, "numprocesses", None):  # one process: the files' own order
+        return
+
     def order(item: pytest.Item) -> tuple[int, int]:
         module = item.path.name
         first = LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
