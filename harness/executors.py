@@ -43,10 +43,10 @@ PROGRESS_EVERY_SECONDS = 1.0
 """A placed run streams at most one progress event a second (phase changes and curve points always)."""
 CAPACITY_SECONDS = 5.0
 CANCEL_WAIT_SECONDS = 30.0
+"""How long Ctrl-C waits for a local run to stop its processes (it checks every fraction of a second)."""
 NODE_WAIT_SECONDS = 600.0
 """How long runs of a division wait for a node declaring it to be alive again (HARNESS_RAY_NODE_WAIT):
 a replacement node may take minutes to start, but Ray would hold the runs for ever."""
-"""How long Ctrl-C waits for a local run to stop its processes (it checks every fraction of a second)."""
 
 
 @dataclass
