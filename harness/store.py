@@ -512,15 +512,20 @@ class Store:
         that decision. Raises LeaseLost, and the row stays as the other driver left it. The lease
         itself is renewed only by `heartbeat` (the keep-alive thread), with the claim's own length."""
         self._writable()
-        holder = holder or self.holder
         with self.session() as session:
-            result = session.execute(
-                update(Run).where(Run.id == run_id, Run.status == _RUNNING, Run.lease_holder == holder)
-                .values(**fields).execution_options(synchronize_session=False))
-            if result.rowcount != 1:
-                raise LeaseLost(self._lost_reason(session, run_id, holder))
+            self._write_held(session, run_id, holder or self.holder, fields)
         if fields.get("status", _RUNNING) != _RUNNING and self._keep_alive is not None:
             self._keep_alive.release(run_id)
+
+    def _write_held(self, session: Session, run_id: int, holder: str, values: dict[str, Any]) -> None:
+        """The one conditional UPDATE every write to a claimed run goes through: on (still running,
+        held by `holder`), or LeaseLost. It locks the row (PostgreSQL) or runs inside the write lock
+        (SQLite), so no takeover slips in before the rest of the session's transaction."""
+        result = session.execute(
+            update(Run).where(Run.id == run_id, Run.status == _RUNNING, Run.lease_holder == holder)
+            .values(**values).execution_options(synchronize_session=False))
+        if result.rowcount != 1:
+            raise LeaseLost(self._lost_reason(session, run_id, holder))
 
     def _lost_reason(self, session: Session, run_id: int, holder: str) -> str:
         run = session.get(Run, run_id)
@@ -534,13 +539,7 @@ class Store:
         self._writable()
         holder = holder or self.holder
         with self.session() as session:
-            # a no-op UPDATE on the held row: it takes the row's lock (PostgreSQL) or is inside the
-            # write lock (SQLite), so a takeover cannot slip in between the check and the insert
-            held = session.execute(
-                update(Run).where(Run.id == run_id, Run.status == _RUNNING, Run.lease_holder == holder)
-                .values(lease_holder=holder).execution_options(synchronize_session=False))
-            if held.rowcount != 1:
-                raise LeaseLost(self._lost_reason(session, run_id, holder))
+            self._write_held(session, run_id, holder, {"lease_holder": holder})  # a no-op write: the check and the lock
             session.add(CurvePoint(run_id=run_id, **fields))
 
     def finish_run(self, run_id: int, status: RunStatus, holder: str | None = None, **fields: Any) -> None:

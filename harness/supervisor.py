@@ -177,7 +177,7 @@ class Supervisor:
             result = RunResult(RunStatus.FAILED, FailureKind.HARNESS_ERROR,
                                f"the harness could not store this run's result: {type(exc).__name__}: {exc}"[:2000])
             fields = {"failure": FailureKind.HARNESS_ERROR.value, "reason": result.reason, "peak_memory_bytes": None}
-            self._finish_held(run_id, result.status, failure=fields["failure"], reason=result.reason)
+            self.finish_held(run_id, result.status, failure=fields["failure"], reason=result.reason)
         outcome = RunOutcome(
             run_id=run_id, entry=request.entry.name, status=result.status, failure=fields["failure"],
             reason=result.reason, valid_ppl=fields.get("valid_ppl"), valid_tokens=fields.get("valid_tokens"),
@@ -199,7 +199,7 @@ class Supervisor:
             self._drop_token_nll(run_id)  # the write may have committed (Ctrl-C after it), so they stay
             raise
 
-    def _finish_held(self, run_id: int, status: RunStatus, **fields: Any) -> None:
+    def finish_held(self, run_id: int, status: RunStatus, **fields: Any) -> None:
         """Finish a run unless another driver has taken it over (then its row stands as it is)."""
         try:
             self.store.finish_run(run_id, status, **fields)
@@ -303,9 +303,9 @@ class _Dispatch:
         for job in self.executor.cancel_all():
             claimed = self.out.pop(job.run_id, None)
             partial = claimed[1].partial() if claimed else {}
-            self.supervisor._finish_held(job.run_id, RunStatus.INTERRUPTED, failure=FailureKind.INTERRUPTED.value,
-                                         reason="the harness was interrupted while this run was in progress",
-                                         node=job.node, **partial)
+            self.supervisor.finish_held(job.run_id, RunStatus.INTERRUPTED, failure=FailureKind.INTERRUPTED.value,
+                                        reason="the harness was interrupted while this run was in progress",
+                                        node=job.node, **partial)
         for done in self.executor.finished_meanwhile():  # ended on its own (or stopped, with its counts)
             if done.job.run_id in self.out:
                 self._finish(done)

@@ -133,3 +133,29 @@ def test_a_driver_that_stalls_past_its_lease_does_not_record_over_the_takeover(t
     assert lost.status == "interrupted" and "lease expired" in lost.reason and lost.test_ppl is None
     assert other.get_run(taken_over[0]).status == "running"
     assert not list((tmp_path / "runs").glob(f"{outcome.run_id}/*_token_nll.npy"))
+
+
+def test_a_ctrl_c_just_after_the_result_is_stored_keeps_its_per_token_files(tmp_path: Path, tiny_corpus) -> None:
+    """Ctrl-C landing after the row's commit (inside finish_run's clean-up) leaves the run `ok` with
+    its per-token NLL files: only a lost claim removes them."""
+    from harness.data import DataSource, load_corpus
+    from harness.store import Store
+    from harness.supervisor import Supervisor
+
+    class InterruptedAfterCommit(Store):
+        def finish_run(self, run_id, status, holder=None, **fields):
+            super().finish_run(run_id, status, holder, **fields)
+            raise KeyboardInterrupt  # as if Ctrl-C came between the commit and the return
+
+    store = InterruptedAfterCommit(tmp_path / "r.sqlite")
+    corpus = load_corpus(DataSource(data_dir=tiny_corpus.folder, cache_dir=tmp_path / "c", files=tiny_corpus.files))
+    request = RunRequest(entry=EntrySource.read(ENTRIES / "slow_counter.py", "submission"),
+                         hparams={"max_steps": 2, "pause": 0.0}, seed=0, device="cpu", threads=1,
+                         limits=RunLimits(seconds=30, memory_bytes=4 * 2**30, evals=0),
+                         protocol=EvalProtocol(segment_tokens=512, batch_size=4))
+    with Supervisor(store, corpus, tmp_path / "runs") as supervisor, pytest.raises(KeyboardInterrupt):
+        supervisor.run_all([request], frozenset({"ok"}))
+    [run] = store.runs()
+    assert run.status == "ok"
+    assert sorted(p.name for p in (tmp_path / "runs" / str(run.id)).glob("*_token_nll.npy")) == [
+        "test_token_nll.npy", "valid_token_nll.npy"]
