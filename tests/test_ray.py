@@ -104,18 +104,25 @@ def here_kn5(runs: dict[str, list]) -> float:
     return next(run.test_ppl for group in runs.values() for run in group if run.entry == "kn5")
 
 
+def run_in_own_division(cluster: RayCluster, tmp_path: Path, env: dict[str, str], division: str,
+                        db: str) -> subprocess.Popen[str]:
+    """A node that alone declares `division`, and a driver running slow_counter there (not waited for)."""
+    cluster.add_node({f"division:{division}": 1})
+    project = make_project(project_folder(tmp_path), slow_counter=ENTRIES / "slow_counter.py")
+    (project / "competition.toml").write_text(
+        f'[divisions.{division}]\ndevice = "cpu"\nbudget = 60\nmemory = "2GiB"\n')
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "slow_counter", "--division", division,
+                             "--evals", "0", "--threads", "1", "--no-site", "--db", db, "--executor", "ray",
+                             "--ray-address", cluster.address],
+                            cwd=project, env={**cluster.env, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
 def test_a_node_killed_mid_run_leaves_it_interrupted_and_it_is_retried(cluster: RayCluster, tmp_path: Path,
                                                                         env: dict[str, str]) -> None:
     # A division only a third node declares: the run is sure to land there, and on its replacement.
-    cluster.add_node({"division:fragile": 1})
-    project = make_project(project_folder(tmp_path), slow_counter=ENTRIES / "slow_counter.py")
-    (project / "competition.toml").write_text('[divisions.fragile]\ndevice = "cpu"\nbudget = 60\nmemory = "2GiB"\n')
     db = str(tmp_path / "runs.sqlite")
-    driver = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "slow_counter", "--division", "fragile",
-                               "--evals", "0", "--threads", "1", "--no-site", "--db", db, "--executor", "ray",
-                               "--ray-address", cluster.address],
-                              cwd=project, env={**cluster.env, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    driver = run_in_own_division(cluster, tmp_path, env, "fragile", db)
     try:
         node = wait_for_placement(db, driver)
         time.sleep(2)  # well into the run: sandboxes started, training under way
@@ -139,15 +146,8 @@ def test_runs_of_a_division_whose_nodes_are_all_gone_end_after_the_node_wait(clu
                                                                           env: dict[str, str]) -> None:
     """The only node of a division dies and none replaces it: the run is interrupted and retried once, and
     the retry, which no node can take, ends `interrupted` after the node wait instead of waiting for ever."""
-    cluster.add_node({"division:lonely": 1})
-    project = make_project(project_folder(tmp_path), slow_counter=ENTRIES / "slow_counter.py")
-    (project / "competition.toml").write_text('[divisions.lonely]\ndevice = "cpu"\nbudget = 60\nmemory = "2GiB"\n')
     db = str(tmp_path / "runs.sqlite")
-    driver = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "slow_counter", "--division", "lonely",
-                               "--evals", "0", "--threads", "1", "--no-site", "--db", db, "--executor", "ray",
-                               "--ray-address", cluster.address],
-                              cwd=project, env={**cluster.env, **env, "HARNESS_RAY_NODE_WAIT": "5"},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = run_in_own_division(cluster, tmp_path, {**env, "HARNESS_RAY_NODE_WAIT": "5"}, "lonely", db)
     try:
         wait_for_placement(db, driver)
         assert cluster.kill_node("division:lonely") == 1
