@@ -15,6 +15,7 @@ from harness.budget import RunLimits
 from harness.contract import Budget, SetupContext
 from harness.execution import RunData, RunResult, RunSpec, execute_run, lean_supervisor
 from harness.sandbox import resolve_confinement
+from harness.scoring import EvalProtocol
 from harness.sandboxed.loader import build_hparams, import_entry_class
 
 
@@ -24,11 +25,12 @@ def run_data() -> tuple[Any, RunData]:
 
 
 def harness_run(data: RunData, entry: str, hparams: dict[str, Any], seconds: float, evals: int,
-                threads: int) -> tuple[RunResult, list[tuple[float, dict[str, Any]]]]:
+                threads: int, protocol: EvalProtocol | None = None) -> tuple[RunResult, list[tuple[float, dict[str, Any]]]]:
     """One sandboxed run; returns its result and every event with the monotonic time it arrived."""
     source = (REPO / "baselines" / f"{entry}.py").read_text()
     spec = RunSpec(entry, source, hashlib.sha256(source.encode()).hexdigest(), "causal", hparams, 0, "cpu",
-                   threads, RunLimits(seconds=seconds, memory_bytes=8 * 2**30, evals=evals))
+                   threads, RunLimits(seconds=seconds, memory_bytes=8 * 2**30, evals=evals),
+                   protocol or EvalProtocol())
     events: list[tuple[float, dict[str, Any]]] = []
     bare_threads = torch.get_num_threads()
     lean_supervisor()  # as `harness run` does for its supervisor

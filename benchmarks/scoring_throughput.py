@@ -8,7 +8,13 @@ renormalised NLL in the supervisor, causality audits and replay probes. The bare
 split as 16 contiguous rows in windows of 64 and sums the target log-probs. Prints tokens/s and
 the ratio (target >= 0.90).
 
-    python -m benchmarks.scoring_throughput [--rounds 2]
+A second harness figure scores with the audits off (no causality audit, the one closing replay
+probe): the audits make the scorers compute extra windows (a warm audit replays a random number of
+the windows before it, about 23% more positions on average), which no amount of speed in the
+checks can win back; the two figures separate that from the cost of checking every row.
+`--entry unigram` times a model that costs almost nothing to run: its ratio is the checks alone.
+
+    python -m benchmarks.scoring_throughput [--rounds 2] [--entry lstm_small]
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ import torch
 
 from benchmarks._common import alternate, machine, timed
 from benchmarks._runs import harness_run, in_process_entry, run_data
+from harness.scoring import EvalProtocol
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--entry", default="lstm_small", help="a baseline with log_probs and initial_state")
     args = parser.parse_args()
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -33,18 +41,23 @@ def main() -> None:
     tokens = data.valid.size + data.test.size
 
     to_result: list[float] = []
+    positions: dict[bool, int] = {}
 
-    def harness_scoring() -> float:
+    def harness_scoring(audits: bool = True) -> float:
         """The supervisor's own timing of the final scoring (fresh scorers up, checkpoint loaded into
         both, valid and test scored with every check and audit); storing and clean-up are printed apart."""
-        result, events = harness_run(data, "lstm_small", {"max_steps": 1}, 3600, 0, threads)
+        protocol = EvalProtocol() if audits else EvalProtocol(causality_audits=0, replay_probes=0)
+        result, events = harness_run(data, args.entry, {"max_steps": 1}, 3600, 0, threads, protocol)
         assert result.ok and result.final_scoring_seconds, result.reason
-        start = next(t for t, e in events if e.get("phase") == "scoring")
-        to_result.append(events[-1][0] - start)
+        if audits:
+            start = next(t for t, e in events if e.get("phase") == "scoring")
+            to_result.append(events[-1][0] - start)
+        positions[audits] = tokens + result.audits.get("replay_probes", 0) * 16 * 64 \
+            + result.audits.get("causality_audits", 0) * 16 * 64
         return result.final_scoring_seconds
 
     def bare_scoring() -> float:
-        entry = in_process_entry(corpus_data, "lstm_small", {})
+        entry = in_process_entry(corpus_data, args.entry, {})
         entry.model.eval() if hasattr(entry, "model") else None
 
         def run() -> None:
@@ -61,11 +74,15 @@ def main() -> None:
                         total += float(log_probs.gather(-1, targets[:, start:start + window, None]).sum())
         return timed(run)
 
+    lean_s, _ = alternate(lambda: harness_scoring(audits=False), lambda: 0.0, 1)
     harness_s, bare_s = alternate(harness_scoring, bare_scoring, args.rounds)
     print(f"machine: {machine()}")
-    print(f"model: lstm_small; valid + test, {tokens:,} tokens; {args.rounds} rounds each")
+    print(f"model: {args.entry}; valid + test, {tokens:,} tokens; {args.rounds} rounds each")
     print(f"harness scoring: {tokens / harness_s:,.0f} tokens/s   bare loop: {tokens / bare_s:,.0f} tokens/s")
     print(f"ratio harness/bare: {bare_s / harness_s:.3f}  (target >= 0.90)")
+    print(f"positions the scorers computed: {positions[True]:,} with the audits (about; padding apart), "
+          f"{positions[False]:,} without")
+    print(f"audits off (one closing replay): {tokens / lean_s:,.0f} tokens/s, ratio {bare_s / lean_s:.3f}")
     print(f"from the scoring phase to the result (with the param count, sentence NLL and clean-up): "
           f"median {sorted(to_result)[len(to_result) // 2]:.1f} s against {harness_s:.1f} s of scoring")
 

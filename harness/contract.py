@@ -26,9 +26,11 @@ supervisor (the harness's parent process) owns the clock, the data, the scoring 
         (on the mlm track it sees only masked inputs), and the test split only once the trainer is gone
 
 The supervisor reads the full log-prob rows back, renormalises them and computes the score
-itself. Its causality audits and replay probes are windows of the same shape as scoring windows,
-sent at random points: your entry cannot tell them apart, so it must simply be causal and leave
-its weights alone while scoring.
+itself. Its causality audits and replay probes copy scored windows (audits change the inputs
+after a random position) and go to the other scorer process at random points; the audited rows
+are drawn across every scored position. A model that peeks in some windows is caught on those
+windows, so it must simply be causal, score each row from its own inputs and state alone, and
+leave its weights alone while scoring.
 
 What is timed: wall-clock time from the start of the trainer (importing your module, `setup`,
 every `train_step`, the hooks, writing checkpoints) to the final checkpoint, measured by the
@@ -85,8 +87,9 @@ Every scored run is checked by the supervisor, on the rows it receives; a failed
 - log-probs have shape (B, C + W, V), a floating dtype, and are finite;
 - they are normalised: logsumexp over the V words is 0 (within 1e-3) at every position. The NLL
   is computed from renormalised rows (lp[target] - logsumexp(lp)), so the tolerance buys nothing;
-- causality: changing later inputs never changes earlier log-probs (audited from outside with
-  windows indistinguishable from scoring windows, from fresh and from warm states);
+- causality: changing later inputs never changes earlier log-probs (audited from outside, on
+  rows of scored windows drawn across every position, each replayed from a fresh state among
+  other rows: a row's log-probs may not depend on the other rows of its batch either);
 - replay: windows already scored, sent again from a fresh state at random points (the last
   request of every pass among them), must give the same rows: weights must not change while
   scoring (no training in a background thread). The scorer calls `log_probs` under

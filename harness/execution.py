@@ -167,8 +167,10 @@ class RunEnd(Exception):
 
 
 def lean_supervisor() -> None:
-    """For a process that supervises runs: its own tensor work (checking rows of log-probs) is light,
-    and more threads for it would only compete with the sandboxed processes for the run's cores."""
+    """For a process that supervises runs: torch's own thread pool stays at one thread, since runs side
+    by side share this process and a pool sized for one run's lease would spill onto its neighbour's
+    cores. The one heavy piece, checking rows of log-probs, spreads over the run's own threads
+    (harness.scoring.check_rows)."""
     torch.set_num_threads(1)
 
 
@@ -821,7 +823,7 @@ class _Run:
         self.last_load_seconds = time.monotonic() - began
         self._charge(self.last_load_seconds - LOAD_ALLOWANCE_SECONDS, "loading a checkpoint into the scorers")
         plan = ScorePass(split, ids, self.data.eos_id, len(self.data.vocab), protocol or self.spec.protocol,
-                         self.context, self.window, self.spec.track, self.mask_id)
+                         self.context, self.window, self.spec.track, self.mask_id, workers=self.spec.threads)
         in_flight: list[deque[tuple[int, Request, int]]] = [deque(), deque()]
         sent = [0, 0]
         for number, request in enumerate(plan.requests):

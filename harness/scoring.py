@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import secrets
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,8 +50,11 @@ class EvalProtocol:
     """W: the most positions scored per `log_probs` call (an entry may ask for fewer)."""
     normalisation_tol: float = 1e-3
     """Largest |logsumexp over the vocabulary| allowed at any position."""
-    causality_audits: int = 2
-    """Causality audits per pass (one from a fresh state, the others from warm states)."""
+    causality_audits: int = 12
+    """Windows audited for causality per pass, each one row of one scoring window, drawn in proportion
+    to the positions scored (a model peeking on a fraction f of the positions passes n audits with
+    probability (1 - f)^n). They are packed into shadow streams: each row replays its segment from a
+    fresh state up to the audited window."""
     replay_probes: int = 2
     """Windows re-sent from a fresh state per pass (one at a random point, one as the last request)."""
     audit_tol: float = 1e-4
@@ -96,26 +100,42 @@ def _exp(mean_nll: float) -> float:
         return math.inf
 
 
+@dataclass(frozen=True)
+class ShadowRow:
+    """One row of a shadow request: the scoring window (group, window) and row it copies, and how it
+    is compared with that row's scored log-probs."""
+
+    group: int
+    row: int
+    window: int
+    kind: str
+    """`replay`: compared at every position (the row's segment replayed from a fresh state up to its
+    audit); `audit`: inputs after `cut` were changed, positions <= cut compared; `after`: the rest of
+    the row once its audit is done, not compared."""
+    cut: int = -1
+
+
 @dataclass
 class Request:
     """One `log_probs` call as the scorer sees it: ids, a stream name, fresh or continued state. The
-    scorer keeps every stream's state until the next checkpoint is loaded, so nothing in a request
-    tells a scoring window from an audit or from the last window of its stream."""
+    scorer keeps every stream's state until the next checkpoint is loaded, and nothing in a request
+    says whether it is scored, replayed or audited."""
 
     inputs: np.ndarray
     """(B, L) int32 ids."""
     stream: str
     fresh: bool
     role: str
-    """`score`, `replay` or `audit`: known to the supervisor only."""
+    """`score`, `replay` (a whole scoring window again, from a fresh state) or `shadow` (rows of
+    several segments replayed and audited): known to the supervisor only."""
     ref: tuple[int, int]
-    """(group, window) of the scoring window this request is, copies or audits."""
-    cut: int = -1
-    """For an audit: inputs after this position were changed; positions <= cut are compared."""
+    """(group, window) of the scoring window this request is or replays; (-1, -1) for a shadow."""
     lane: int = 0
-    """Which of the two scorer processes answers it. Audits and replays of a window always go to the
+    """Which of the two scorer processes answers it. Replays and audits of a window always go to the
     other process than the one that scored it: neither has seen the window it is asked to copy, so
     no memory of past requests lets a model pass an audit it should fail."""
+    members: tuple[ShadowRow, ...] = ()
+    """For a shadow request: what each of its rows copies and how it is compared."""
 
 
 def segment_bounds(targets: np.ndarray, eos_id: int, segment_tokens: int) -> list[tuple[int, int]]:
@@ -150,8 +170,10 @@ class ScorePass:
     """
 
     def __init__(self, split: str, ids: np.ndarray, eos_id: int, vocab_size: int, protocol: EvalProtocol,
-                 context: int, window: int, track: str = "causal", mask_id: int | None = None) -> None:
+                 context: int, window: int, track: str = "causal", mask_id: int | None = None,
+                 workers: int = 1) -> None:
         self.split, self.ids, self.eos_id, self.vocab_size = split, ids, eos_id, vocab_size
+        self.workers = workers  # threads checking each block: the run's CPU lease
         self.protocol, self.context, self.window = protocol, context, min(window, protocol.window)
         self.track, self.mask_id = track, mask_id
         self.audits = {"causality_audits": 0, "replay_probes": 0}
@@ -159,6 +181,8 @@ class ScorePass:
         self._columns = torch.from_numpy(self._rng.choice(vocab_size, min(vocab_size, protocol.fingerprint_columns),
                                                           replace=False))
         self._prints: dict[tuple[str, tuple[int, int]], list[tuple[Request, torch.Tensor]]] = {}
+        self._shadow_prints: list[tuple[ShadowRow, torch.Tensor]] = []
+        self._audited: dict[tuple[int, int, int], np.ndarray] = {}  # (group, row, window) -> changed inputs (C + W,)
         self._first_lane = int(self._rng.integers(2))  # groups alternate between the two scorers
         self.groups: list[_Group] = []
         self.requests: list[Request] = []
@@ -166,10 +190,11 @@ class ScorePass:
             self._plan_masked()
         else:
             self._plan_causal()
-        # Windows that an audit or replay copies: their scored rows are fingerprinted too, at the random
-        # columns and, per position, at every word that follows it in the window or in any of its audits
-        # (the column a peeking model would move).
-        self._referenced = {r.ref for r in self.requests if r.role != "score"}
+        # Windows that a replay or an audit copies: their scored rows are fingerprinted too, at the
+        # random columns and, per position, at the word that follows it in the window and in its audit
+        # (the columns a peeking model would move).
+        self._referenced = {r.ref for r in self.requests if r.role == "replay"}
+        self._referenced |= {(m.group, m.window) for r in self.requests for m in r.members if m.kind != "after"}
         self._position_columns = self._columns_per_position()
 
     # --- Planning ------------------------------------------------------------------------------
@@ -198,7 +223,7 @@ class ScorePass:
                                        role="score", ref=(index, k), lane=self.groups[index].lane))
         self.token_nll = np.zeros(targets.size, dtype=np.float64)
         self.times_scored = np.zeros(targets.size, dtype=np.int32)
-        shadows = [self._causal_audit(warm=i > 0) for i in range(p.causality_audits)]
+        shadows = self._shadow_streams(p.causality_audits)
         shadows += [self._replay() for _ in range(max(0, p.replay_probes - 1))]
         self.requests = self._interleave(primary, shadows, last=self._replay())
 
@@ -208,28 +233,66 @@ class ScorePass:
         width = min(self.window, g.y.shape[1] - offset)
         return g.x[:, offset:offset + self.context + width]  # (rows, C + width)
 
-    def _causal_audit(self, warm: bool) -> list[Request]:
-        """A fresh stream that replays the first k windows of a group, then sends window k with every
-        input after a random position changed: rows at positions <= that cut must not move."""
-        group = int(self._rng.integers(len(self.groups)))
-        windows = len(self.groups[group].offsets)
-        # Any window of the group, not only the first few: a model that peeks only late in a segment
-        # is audited there as often as anywhere (the shadow stream replays the windows before it).
-        k = int(self._rng.integers(1, windows)) if warm and windows > 1 else 0
-        stream = _stream_name()
-        lane = 1 - self.groups[group].lane
-        block = [Request(self._window(group, i), stream, fresh=i == 0, role="replay", ref=(group, i),
-                         lane=lane) for i in range(k)]
-        original = self._window(group, k)
-        cut = int(self._rng.integers(0, max(1, original.shape[1] - 1)))
-        changed = original.copy()
-        shift = self._rng.integers(1, self.vocab_size, size=changed[:, cut + 1:].shape)
-        changed[:, cut + 1:] = (changed[:, cut + 1:] + shift) % self.vocab_size
-        block.append(Request(changed, stream, fresh=k == 0, role="audit", ref=(group, k), cut=cut,
-                             lane=lane))
-        self.audits["causality_audits"] += 1
-        self.audits["replay_probes"] += k
-        return block
+    def _shadow_streams(self, count: int) -> list[list[Request]]:
+        """Shadow streams auditing `count` scoring windows, one row of one window each.
+
+        Segments are drawn in proportion to their length and, within a segment, the audited window
+        in proportion to the positions it scores: every scored position is as likely to be audited
+        as any other, wherever it lies (a late window, the short last group, a short last window).
+        Each audit goes to the scorer that did not score its segment, as one row of a shadow stream
+        of up to `batch_size` rows: the row replays its segment from a fresh state window by window
+        (compared in full with the scored rows: the same inputs from the same state must give the
+        same log-probs) and, at the audited window, every input after a random cut is changed
+        (positions <= cut compared: they may only depend on inputs up to the cut). Packing many
+        audits in one stream costs the replay of the longest of them, not of each.
+        """
+        c, w = self.context, self.window
+        segments = [(g, i, end - start) for g, group in enumerate(self.groups)
+                    for i, (start, end) in enumerate(group.bounds)]
+        count = min(count, len(segments))
+        if count <= 0:
+            return []
+        lengths = np.array([length for _, _, length in segments], dtype=np.float64)
+        chosen = self._rng.choice(len(segments), size=count, replace=False, p=lengths / lengths.sum())
+        by_lane: dict[int, list[tuple[int, int, int, int]]] = {0: [], 1: []}
+        for index in chosen:
+            g, i, length = segments[int(index)]
+            scored = np.minimum(w, length - np.arange(0, length, w))  # positions scored by each window
+            k = int(self._rng.choice(scored.size, p=scored / scored.sum()))
+            window_length = c + min(w, self.groups[g].y.shape[1] - k * w)  # C + width of the scored window
+            cut = int(self._rng.integers(0, max(1, window_length - 1)))
+            by_lane[1 - self.groups[g].lane].append((g, i, k, cut))
+        streams = []
+        for lane, audits in by_lane.items():
+            audits.sort(key=lambda audit: audit[2])  # rows audited at similar depths share a stream
+            for first in range(0, len(audits), self.protocol.batch_size):
+                streams.append(self._shadow_stream(audits[first:first + self.protocol.batch_size], lane))
+        return streams
+
+    def _shadow_stream(self, audits: list[tuple[int, int, int, int]], lane: int) -> list[Request]:
+        """One fresh stream, a row per audit (group, row, window, cut), as long as its deepest audit."""
+        c, w = self.context, self.window
+        windows = max(k for _, _, k, _ in audits) + 1
+        x = np.full((len(audits), c + windows * w), self.eos_id, dtype=np.int32)  # (R, C + T * W)
+        for r, (g, i, _, _) in enumerate(audits):
+            source = self.groups[g].x[i]  # (C + longest of its group,), left-padded as when scored
+            x[r, :min(source.size, x.shape[1])] = source[:x.shape[1]]
+        stream, requests = _stream_name(), []
+        for j in range(windows):
+            inputs = x[:, j * w:j * w + c + w].copy()  # (R, C + W): a copy, windows overlap by C
+            members = []
+            for r, (g, i, k, cut) in enumerate(audits):
+                if j == k:
+                    shift = self._rng.integers(1, self.vocab_size, size=inputs.shape[1] - cut - 1)
+                    inputs[r, cut + 1:] = (inputs[r, cut + 1:] + shift) % self.vocab_size
+                    self._audited[(g, i, j)] = inputs[r].copy()
+                kind = "replay" if j < k else "audit" if j == k else "after"
+                members.append(ShadowRow(g, i, j, kind, cut if j == k else -1))
+            requests.append(Request(inputs, stream, fresh=j == 0, role="shadow", ref=(-1, -1), lane=lane,
+                                    members=tuple(members)))
+        self.audits["causality_audits"] += len(audits)
+        self.audits["replay_probes"] += sum(k for _, _, k, _ in audits)
+        return requests
 
     def _replay(self) -> list[Request]:
         group = int(self._rng.integers(len(self.groups)))
@@ -272,37 +335,55 @@ class ScorePass:
 
     def take(self, request: Request, rows: torch.Tensor) -> None:
         """Check one block of rows (B, L, V) float32 and account for it."""
-        lse = check_rows(rows, self.vocab_size, self.protocol.normalisation_tol)  # (B, L)
+        lse = check_rows(rows, self.vocab_size, self.protocol.normalisation_tol, self.workers)  # (B, L)
+        if request.role == "shadow":
+            self._print_shadow(request, rows, lse)
+            return
         if request.role == "score":
             if self.track == "mlm":
                 self._score_masked(request, rows, lse)
             else:
                 self._score_causal(request, rows, lse)
-        if self._needs_print(request):
+        if request.role != "score" or request.ref in self._referenced:
             self._prints.setdefault((request.role, request.ref), []).append((request, self._print(request, rows, lse)))
 
-    def _needs_print(self, request: Request) -> bool:
-        return request.role != "score" or request.ref in self._referenced
-
     def _columns_per_position(self) -> dict[tuple[int, int], torch.Tensor]:
-        """ref -> (B, L, m) word ids: for position t, the input at t + 1 of the window and of each of its
-        audits (the next word, which a model that peeks would favour)."""
-        found: dict[tuple[int, int], list[np.ndarray]] = {}
+        """ref -> (B, L, 2) word ids: for position t of each row, the input at t + 1 in the scoring
+        window and in the row's audit where it has one (else the window's again): the next word,
+        which a model that peeks would favour."""
         if self.track == "mlm":  # masked windows: no next word to peek at (replays compare random columns)
             return {}
-        for request in self.requests:
-            if request.ref in self._referenced and (request.role == "score" or request.role == "audit"):
-                following = np.concatenate([request.inputs[:, 1:], request.inputs[:, -1:]], axis=1)  # (B, L)
-                found.setdefault(request.ref, []).append(np.clip(following, 0, self.vocab_size - 1).astype(np.int64))
-        return {ref: torch.from_numpy(np.stack(arrays, axis=-1)) for ref, arrays in found.items()}
+        found: dict[tuple[int, int], torch.Tensor] = {}
+        for ref in self._referenced:
+            window = self._window(*ref)  # (B, L)
+            following = np.concatenate([window[:, 1:], window[:, -1:]], axis=1)  # (B, L)
+            changed = following.copy()
+            for (g, i, k), inputs in self._audited.items():
+                if (g, k) == ref:
+                    length = min(window.shape[1], inputs.size)
+                    changed[i, :length] = np.concatenate([inputs[1:], inputs[-1:]])[:length]
+            both = np.stack([following, changed], axis=-1)  # (B, L, 2)
+            found[ref] = torch.from_numpy(np.clip(both, 0, self.vocab_size - 1).astype(np.int64))
+        return found
 
     def _print(self, request: Request, rows: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-        """(B, L, K + m) renormalised log-probs at the random columns and the per-position columns."""
+        """(B, L, K + 2) renormalised log-probs at the random columns and the per-position columns."""
         parts = [rows.index_select(-1, self._columns)]
         columns = self._position_columns.get(request.ref)
         if columns is not None and columns.shape[:2] == rows.shape[:2]:
             parts.append(rows.gather(-1, columns))
         return torch.cat(parts, dim=-1) - lse.unsqueeze(-1)
+
+    def _print_shadow(self, request: Request, rows: torch.Tensor, lse: torch.Tensor) -> None:
+        """Each compared row's (L, K + 2) renormalised log-probs at the columns of the row it copies."""
+        for r, member in enumerate(request.members):
+            if member.kind == "after":
+                continue
+            columns = self._position_columns[(member.group, member.window)][member.row]  # (L_scored, 2)
+            length = min(rows.shape[1], columns.shape[0])
+            row = rows[r, :length]  # (length, V)
+            parts = [row.index_select(-1, self._columns), row.gather(-1, columns[:length])]
+            self._shadow_prints.append((member, torch.cat(parts, dim=-1) - lse[r, :length].unsqueeze(-1)))
 
     def _score_causal(self, request: Request, rows: torch.Tensor, lse: torch.Tensor) -> None:
         group = self.groups[request.ref[0]]
@@ -343,26 +424,48 @@ class ScorePass:
         # Replays first: the same inputs from the same fresh state giving other rows means the model
         # changed (or is not deterministic) whatever else it does; only a model that passes every
         # replay and fails an audit is judged on causality.
-        for (role, ref), prints in sorted(self._prints.items(), key=lambda item: item[0][0] != "replay"):
+        for (role, ref), prints in self._prints.items():
             if role == "score":
                 continue
-            originals = self._prints.get(("score", ref))
-            if not originals:
-                raise RuntimeError(f"harness bug: no scored rows kept for window {ref}")
-            original = originals[0][1]
-            for request, copy in prints:
-                limit = request.cut + 1 if role == "audit" else original.shape[1]
-                drift = float((copy[:, :limit] - original[:, :limit]).abs().max()) if limit > 0 else 0.0
+            original = self._original(ref)
+            for _, copy in prints:
+                drift = float((copy - original).abs().max())
                 if not drift <= tol:
-                    raise ScoreFailure(*_audit_failure(role, drift, request.cut, self.split))
+                    raise ScoreFailure(*_audit_failure("replay", drift, -1, self.split))
+        # Then each shadow row's replayed windows (its batch is another), then its audited window.
+        for kind in ("replay", "audit"):
+            for member, copy in self._shadow_prints:
+                if member.kind != kind:
+                    continue
+                original = self._original((member.group, member.window))[member.row]  # (L, K + 2)
+                limit = min(copy.shape[0], original.shape[0], member.cut + 1 if kind == "audit" else copy.shape[0])
+                drift = float((copy[:limit] - original[:limit]).abs().max()) if limit > 0 else 0.0
+                if not drift <= tol:
+                    raise ScoreFailure(*_audit_failure("row" if kind == "replay" else kind, drift, member.cut,
+                                                       self.split))
+
+    def _original(self, ref: tuple[int, int]) -> torch.Tensor:
+        """The fingerprint of the scored window `ref`, (B, L, K + 2)."""
+        originals = self._prints.get(("score", ref))
+        if not originals:
+            raise RuntimeError(f"harness bug: no scored rows kept for window {ref}")
+        return originals[0][1]
 
 
-def _audit_failure(role: str, drift: float, cut: int, split: str) -> tuple[FailureKind, str]:
-    if role == "audit":
+def _audit_failure(kind: str, drift: float, cut: int, split: str) -> tuple[FailureKind, str]:
+    """kind: `audit` (a row with its inputs after `cut` changed), `row` (a row replayed in a shadow
+    stream, among other rows), `replay` (a whole window again, its batch unchanged)."""
+    if kind == "audit":
         return (FailureKind.CAUSALITY_VIOLATION,
                 f"causality check failed on {split}: changing the inputs after position {cut} changed the "
                 f"log-probs at positions 0..{cut} by up to {drift:.3g}; position t may only depend on "
                 "inputs[:, :t+1] and the state (use a causal mask, not a bidirectional model)")
+    if kind == "row":
+        return (FailureKind.CAUSALITY_VIOLATION,
+                f"causality check failed on {split}: a row scored again with the same inputs from a fresh "
+                f"state, in a batch of other rows, gave log-probs that differ by up to {drift:.3g}; a row's "
+                "log-probs may depend only on its own inputs and state, never on the batch's size or its "
+                "other rows")
     return (FailureKind.WEIGHTS_MODIFIED,
             f"the entry's weights changed while it was being scored: a {split} window scored again from a "
             f"fresh state gave log-probs that differ by up to {drift:.3g}; log_probs must not update "
@@ -372,22 +475,38 @@ def _audit_failure(role: str, drift: float, cut: int, split: str) -> tuple[Failu
 CHUNK_ROWS = 128
 _scratch = threading.local()
 """Per thread (runs side by side in one driver each score in their own thread): vocab -> buffer."""
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+MAX_CHECK_WORKERS = 8
 
 
-def check_rows(rows: torch.Tensor, vocab_size: int, tol: float) -> torch.Tensor:
-    """Finite, <= 0 and normalised at every position; returns logsumexp over V, (B, L)."""
+def check_rows(rows: torch.Tensor, vocab_size: int, tol: float, workers: int = 1) -> torch.Tensor:
+    """Finite, <= 0 and normalised at every position; returns logsumexp over V, (B, L).
+
+    `workers`: threads that share the work (the run's CPU lease). Every value goes through one exp,
+    the cost of a log_softmax; for a cheap model that is most of the scoring time, and one thread
+    would leave the run's other cores idle while the scorers wait for it. Each worker takes a
+    contiguous share of the positions (torch ops release the GIL; each runs single-threaded)."""
     if rows.dim() != 3 or rows.shape[-1] != vocab_size:
         raise ScoreFailure(FailureKind.INVALID_OUTPUT, f"log_probs rows have shape {tuple(rows.shape)}")
-    low, high = (value.item() for value in torch.aminmax(rows))  # one cheap pass
-    if not (math.isfinite(low) and math.isfinite(high)):
+    flat = rows.reshape(-1, vocab_size)  # (B * L, V), a view of the supervisor's own copy
+    shares = _shares(flat, workers)
+    if len(shares) == 1:
+        parts = [_check_share(flat)]
+    else:
+        pool = _check_pool()
+        futures = [pool.submit(_check_share, share) for share in shares[1:]]
+        parts = [_check_share(shares[0])] + [future.result() for future in futures]
+    if not all(math.isfinite(part[0]) and math.isfinite(part[1]) for part in parts):  # (min and max skip a NaN)
         bad = (~torch.isfinite(rows)).nonzero()[0].tolist()  # slow path, only to say where
         raise ScoreFailure(FailureKind.INVALID_OUTPUT,
                            f"log_probs holds a non-finite value ({rows[tuple(bad)].item()}) at "
                            f"[batch, position, word] = {bad}")
+    high = max(part[1] for part in parts)
     if high > tol:
         raise ScoreFailure(FailureKind.INVALID_OUTPUT,
                            f"log_probs holds a positive value ({high:.4g}): these are not log-probabilities")
-    lse = _logsumexp(rows)  # (B, L)
+    lse = torch.cat([part[2] for part in parts]).log_().view(rows.shape[:-1])  # (B, L)
     worst = float(lse.abs().max())
     if not worst <= tol:
         raise ScoreFailure(FailureKind.INVALID_OUTPUT,
@@ -396,22 +515,39 @@ def check_rows(rows: torch.Tensor, vocab_size: int, tol: float) -> torch.Tensor:
     return lse
 
 
-def _logsumexp(rows: torch.Tensor) -> torch.Tensor:
-    """log sum exp over the last axis. Every value is <= tol here, so exp cannot overflow and no max
-    is needed; exp runs in chunks into a reused buffer (fresh 40 MB tensors cost more in page faults)."""
-    vocab = rows.shape[-1]
-    flat = rows.reshape(-1, vocab)
+def _shares(flat: torch.Tensor, workers: int) -> list[torch.Tensor]:
+    """Contiguous shares of the rows, whole chunks each, at most one per worker."""
+    chunks = -(-flat.shape[0] // CHUNK_ROWS)
+    count = max(1, min(workers, MAX_CHECK_WORKERS, chunks))
+    per = -(-chunks // count) * CHUNK_ROWS
+    return [flat[start:start + per] for start in range(0, flat.shape[0], per)]
+
+
+def _check_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(MAX_CHECK_WORKERS, thread_name_prefix="check-rows")
+        return _pool
+
+
+def _check_share(flat: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    """(min, max, sum of exp per row (N,) float64) of rows (N, V). The sums are only meaningful
+    once min and max show every value finite and <= tol: then exp cannot overflow and no max is
+    needed. exp runs in chunks into a reused buffer (fresh 40 MB tensors cost more in page faults)."""
+    low, high = (value.item() for value in torch.aminmax(flat))
+    vocab = flat.shape[-1]
     buffers: dict[int, torch.Tensor] = _scratch.__dict__.setdefault("buffers", {})
     scratch = buffers.get(vocab)
     if scratch is None:
         scratch = buffers[vocab] = torch.empty(CHUNK_ROWS, vocab)
-    out = torch.empty(flat.shape[0], dtype=torch.float64)
+    sums = torch.empty(flat.shape[0], dtype=torch.float64)
     for start in range(0, flat.shape[0], CHUNK_ROWS):
         part = flat[start:start + CHUNK_ROWS]
         buffer = scratch[:part.shape[0]]
         torch.exp(part, out=buffer)
-        out[start:start + part.shape[0]] = buffer.sum(dim=-1)  # float32 sums of values in [0, 1]
-    return out.log_().view(rows.shape[:-1])
+        sums[start:start + part.shape[0]] = buffer.sum(dim=-1)  # float32 sums of values in [0, 1]
+    return low, high, sums
 
 
 def _stream_name() -> str:

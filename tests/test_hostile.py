@@ -93,6 +93,7 @@ EXPECTED = {
     # so it ends ok, scored as the unigram it is (asserted below).
     "valid_memory": ("ok", None, ""),
     "shape_peeker": ("invalid", "causality_violation", "causality check failed"),
+    "partial_peeker": ("invalid", "causality_violation", "causality check failed"),
     # The contract and the sandbox.
     "huge_eval_context": ("failed", ("contract_violation", "sandbox_violation"), "eval_context"),
     "unserialisable_state": ("failed", "contract_violation", "state_dict holds a"),

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from harness.errors import FailureKind
-from harness.scoring import EvalProtocol, ScoreFailure, ScorePass, segment_bounds
+from harness.scoring import EvalProtocol, ScoreFailure, ScorePass, check_rows, segment_bounds
 
 V = 50
 EOS = 0
@@ -135,6 +135,28 @@ def test_bad_rows_make_the_run_invalid(damage: Callable[[torch.Tensor], torch.Te
     assert caught.value.kind is FailureKind.INVALID_OUTPUT and message in caught.value.reason
 
 
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+@pytest.mark.parametrize("damage,message", [
+    (float("nan"), "non-finite value (nan)"), (0.5, "positive value"), (-30.0, "not normalised"),
+])
+def test_a_check_split_over_threads_sees_every_share(where: str, damage: float, message: str) -> None:
+    """Rows checked by several threads (check_rows' workers, one contiguous share each) give the same
+    log-sum-exp as one thread, and a bad value fails the check in whichever share it lies."""
+    rows = torch.randn(16, 64, 300, generator=torch.Generator().manual_seed(2)).log_softmax(-1)  # (B, L, V)
+    one = check_rows(rows, 300, 1e-3, workers=1)
+    for workers in (2, 3, 8):
+        assert torch.equal(check_rows(rows, 300, 1e-3, workers=workers), one)
+    position = {"first": (0, 0), "middle": (8, 3), "last": (15, 63)}[where]
+    bad = rows.clone()
+    if damage == -30.0:
+        bad[position] = bad[position] - 1.0  # a whole row off by one nat: every value still finite, <= 0
+    else:
+        bad[(*position, 7)] = damage
+    with pytest.raises(ScoreFailure) as caught:
+        check_rows(bad, 300, 1e-3, workers=3)
+    assert caught.value.kind is FailureKind.INVALID_OUTPUT and message in caught.value.reason
+
+
 def test_the_normalisation_tolerance_buys_nothing() -> None:
     """+0.00099 on every log-prob passes the 1e-3 check but the NLL comes from renormalised rows."""
     honest = drive(make_pass(split_ids()), both(bigram))
@@ -203,15 +225,73 @@ def test_weights_changing_while_scoring_are_caught_by_replays() -> None:
     assert caught.value.kind in (FailureKind.WEIGHTS_MODIFIED, FailureKind.CAUSALITY_VIOLATION)
 
 
-def test_audits_look_like_scoring_windows() -> None:
-    """Same shapes, fresh or continued streams, random stream names: the scorer cannot tell."""
-    plan = make_pass(split_ids(), causality_audits=3)
-    scoring = {r.inputs.shape for r in plan.requests if r.role == "score"}
-    assert {r.inputs.shape for r in plan.requests if r.role != "score"} <= scoring
+def test_shadow_streams_are_shaped_like_scoring_and_go_to_the_other_scorer() -> None:
+    """Shadow rows come as windows of the scoring width, fresh then continued, under random stream
+    names, each row on the scorer that did not score its segment; the last request is a replay."""
+    plan = make_pass(split_ids(), causality_audits=6)
+    widths = {r.inputs.shape[1] for r in plan.requests if r.role == "score"}
+    shadows = [r for r in plan.requests if r.role == "shadow"]
+    assert shadows and plan.audits["causality_audits"] == 6
+    assert sum(m.kind == "audit" for r in shadows for m in r.members) == 6
+    for request in shadows:
+        assert request.inputs.shape[1] in widths and request.inputs.shape[0] <= plan.protocol.batch_size
+        assert len(request.members) == request.inputs.shape[0]
+        assert all(plan.groups[m.group].lane != request.lane for m in request.members)
     assert plan.requests[-1].role == "replay"
+    assert plan.requests[-1].lane != plan.groups[plan.requests[-1].ref[0]].lane
     assert len({r.stream for r in plan.requests}) > len(plan.groups)
-    lanes = {r.lane for r in plan.requests if r.role == "score"}
-    assert lanes == {0, 1}
-    for request in plan.requests:
-        if request.role != "score":
-            assert request.lane != plan.groups[request.ref[0]].lane
+    assert {r.lane for r in plan.requests if r.role == "score"} == {0, 1}
+
+
+def test_audits_fall_on_scored_positions_in_proportion() -> None:
+    """Over many passes, the short last group and the short last windows are audited about as often
+    as the positions they score, no more (a draw per group would audit a 1-row group as often as a
+    full one, letting a model peek wherever the rows are many)."""
+    ids = split_ids()
+    counts: dict[int, int] = {}
+    plan = make_pass(ids)
+    share = {g: sum(end - start for start, end in group.bounds) / ids.size for g, group in enumerate(plan.groups)}
+    for _ in range(150):
+        plan = make_pass(ids, causality_audits=4)
+        for request in plan.requests:
+            for member in request.members:
+                if member.kind == "audit":
+                    counts[member.group] = counts.get(member.group, 0) + 1
+    total = sum(counts.values())
+    for group, fraction in share.items():
+        assert abs(counts.get(group, 0) / total - fraction) < 0.07, (counts, share)
+
+
+def shape_peeker(rows_peeked: int) -> Model:
+    """Peeks only in calls with `rows_peeked` rows (the usual scoring batch), causal otherwise."""
+    cheat, honest = peeking(), bigram
+
+    def model(inputs: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        return (cheat if inputs.shape[0] == rows_peeked else honest)(inputs, state)
+    return model
+
+
+def test_a_peeker_hiding_in_one_shape_is_caught_on_the_windows_it_peeks_in() -> None:
+    """Peeking only in full 4-row windows (most positions): the audits of those windows show it,
+    whatever shape the shadow streams take."""
+    for seed in range(5):
+        with pytest.raises(ScoreFailure) as caught:
+            drive(make_pass(split_ids(seed=seed)), both(shape_peeker(4)))
+        assert caught.value.kind is FailureKind.CAUSALITY_VIOLATION
+
+
+def test_a_peeker_on_half_the_windows_is_caught() -> None:
+    """Peeking in the windows whose first input is even (about half): each audit lands on one with
+    probability about 1/2, so 24 audits miss all of them with probability about 6e-8."""
+    cheat = peeking()
+
+    def model(inputs: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        rows, state = bigram(inputs, state)
+        peeked, _ = cheat(inputs, state)
+        even = (inputs[:, 0] % 2 == 0).view(-1, 1, 1)
+        return torch.where(even, peeked, rows), state
+
+    for seed in range(3):
+        with pytest.raises(ScoreFailure) as caught:
+            drive(make_pass(split_ids(seed=seed), causality_audits=24), both(model))
+        assert caught.value.kind is FailureKind.CAUSALITY_VIOLATION
