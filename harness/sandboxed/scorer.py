@@ -82,11 +82,13 @@ class Scorer:
                      if message["fresh"] else self.states.pop(stream, None))
             out = call_entry("runtime_error", "log_probs", entry.log_probs, inputs.to(self.device), state)
             log_probs, state = self.check(out, rows, cols)
-            block = log_probs.detach().to("cpu", torch.float32).contiguous().numpy()  # (B, C + W, V)
+            offset = int(message["slot"]) * self.slot_bytes
+            count = rows * cols * self.vocab_size
+            target = torch.from_numpy(np.frombuffer(self.shared, dtype=np.float32, count=count, offset=offset))
+            # One pass straight into the shared block, whatever the dtype, device or layout (an
+            # expanded view is read as it is): no float32 copy in between.
+            target.view(rows, cols, self.vocab_size).copy_(log_probs.detach())  # (B, C + W, V)
         self.states[stream] = state  # kept until the next load, whatever the request: all look alike
-        offset = int(message["slot"]) * self.slot_bytes
-        target = np.frombuffer(self.shared, dtype=np.float32, count=block.size, offset=offset)
-        target[:] = block.reshape(-1)
         self.wire.send({"type": "rows", "id": message["id"]})
 
     def check(self, out: Any, rows: int, cols: int) -> tuple[torch.Tensor, Any]:
