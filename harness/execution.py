@@ -828,7 +828,11 @@ class _Run:
         sent = [0, 0]
         for number, request in enumerate(plan.requests):
             lane = request.lane
-            if len(in_flight[lane]) == SLOTS:
+            # Never two windows of one stream in flight: a scorer that read ahead on its channel would
+            # find the next window's first input, the target of the last position it is scoring.
+            # Pipelining goes across streams only (the plan alternates a lane's streams).
+            while in_flight[lane] and (len(in_flight[lane]) == SLOTS
+                                       or any(flight[1].stream == request.stream for flight in in_flight[lane])):
                 self._collect(plan, lane, in_flight[lane].popleft(), deadline, why)
             slot = sent[lane] % SLOTS
             sent[lane] += 1

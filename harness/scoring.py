@@ -205,7 +205,7 @@ class ScorePass:
         targets = self.ids
         inputs = np.concatenate([[eos_id], targets[:-1]])  # inputs[i] precedes targets[i]
         bounds = segment_bounds(targets, eos_id, p.segment_tokens)
-        primary: list[Request] = []
+        streams: list[list[Request]] = []
         for first in range(0, len(bounds), p.batch_size):
             group = bounds[first:first + p.batch_size]
             rows, longest = len(group), max(end - start for start, end in group)
@@ -218,9 +218,11 @@ class ScorePass:
             index = len(self.groups)
             self.groups.append(_Group(group, x, y, offsets, lane=(index + self._first_lane) % 2))
             stream = _stream_name()
-            for k, _ in enumerate(offsets):
-                primary.append(Request(self._window(index, k), stream, fresh=k == 0,
-                                       role="score", ref=(index, k), lane=self.groups[index].lane))
+            streams.append([Request(self._window(index, k), stream, fresh=k == 0, role="score", ref=(index, k),
+                                    lane=self.groups[index].lane) for k in range(len(offsets))])
+        # Window k of every group, then window k + 1 of every group: a scorer with two groups
+        # alternates between them, so its next request in flight is never its stream's next window.
+        primary = [stream[k] for k in range(max(map(len, streams), default=0)) for stream in streams if k < len(stream)]
         self.token_nll = np.zeros(targets.size, dtype=np.float64)
         self.times_scored = np.zeros(targets.size, dtype=np.int32)
         shadows = self._shadow_streams(p.causality_audits)
@@ -259,8 +261,11 @@ class ScorePass:
             g, i, length = segments[int(index)]
             scored = np.minimum(w, length - np.arange(0, length, w))  # positions scored by each window
             k = int(self._rng.choice(scored.size, p=scored / scored.sum()))
-            window_length = c + min(w, self.groups[g].y.shape[1] - k * w)  # C + width of the scored window
-            cut = int(self._rng.integers(0, max(1, window_length - 1)))
+            # The cut is one of the row's scored positions, each as likely as any: every input after it
+            # is changed and it must not move. (A cut anywhere in C + width would mostly fall in the
+            # unscored left context of a model that asks for a long one, and test nothing that counts.)
+            width = min(w, length - k * w)  # positions of the row that window k scores
+            cut = c + int(self._rng.integers(0, width))
             by_lane[1 - self.groups[g].lane].append((g, i, k, cut))
         streams = []
         for lane, audits in by_lane.items():

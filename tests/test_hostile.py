@@ -94,6 +94,9 @@ EXPECTED = {
     "valid_memory": ("ok", None, ""),
     "shape_peeker": ("invalid", "causality_violation", "causality check failed"),
     "partial_peeker": ("invalid", "causality_violation", "causality check failed"),
+    "context_diluter": ("invalid", "causality_violation", "causality check failed"),
+    # Finds only other streams' windows on its channel: it scores as the uniform model it otherwise is.
+    "read_ahead": ("ok", None, ""),
     # The contract and the sandbox.
     "huge_eval_context": ("failed", ("contract_violation", "sandbox_violation"), "eval_context"),
     "unserialisable_state": ("failed", "contract_violation", "state_dict holds a"),
@@ -116,7 +119,8 @@ ends mid-epoch, at a point that depends on the machine's load, so it is only req
 RUN_OPTIONS = ("--budget", "4", "--memory", "2GiB", "--evals", "1", "--sandbox", "bwrap", "--threads", "1")
 SIDE_BY_SIDE = ("--jobs", "2")
 """The corpus runs two at a time, each on its own CPU: a hostile neighbour must not change a run."""
-UNIFORM = ("gc_snoop", "plant_files", "read_secrets", "marker_import", "tamper_describe", "patch_clock", "weights_change")
+UNIFORM = ("gc_snoop", "plant_files", "read_secrets", "marker_import", "tamper_describe", "patch_clock", "weights_change",
+           "read_ahead")
 """Entries that end `ok` as the uniform model: they score exactly the vocabulary size."""
 GOOD_BIGRAM = ENTRIES / "good_bigram.py"
 PLANTED = "ptb_hostile_planted"

@@ -262,6 +262,32 @@ def test_audits_fall_on_scored_positions_in_proportion() -> None:
         assert abs(counts.get(group, 0) / total - fraction) < 0.07, (counts, share)
 
 
+def test_audit_cuts_are_scored_positions_whatever_the_context() -> None:
+    """Each audit's cut is one of its row's scored positions (never the unscored left context, which
+    a model asking for a long one could fill the window with), and every scored position of the
+    row can be the cut. From the adversarial review: at C = 1024 cuts drawn over C + W missed the
+    scored positions 16 times in 17, and a half-time peeker ended ok at perplexity 29.6."""
+    ids, context, window = split_ids(), 40, 16
+    seen: set[int] = set()
+    for _ in range(40):
+        plan = make_pass(ids, context=context, window=window, causality_audits=8)
+        for request in plan.requests:
+            for member in request.members:
+                if member.kind == "audit":
+                    start, end = plan.groups[member.group].bounds[member.row]
+                    width = min(window, end - start - member.window * window)
+                    assert context <= member.cut < context + width, (member, width)
+                    seen.add(member.cut - context)
+    assert seen == set(range(window))
+
+
+def test_a_peeker_behind_a_long_context_is_caught() -> None:
+    for seed in range(5):
+        with pytest.raises(ScoreFailure) as caught:
+            drive(make_pass(split_ids(seed=seed), context=40, window=16), both(peeking()))
+        assert caught.value.kind is FailureKind.CAUSALITY_VIOLATION
+
+
 def shape_peeker(rows_peeked: int) -> Model:
     """Peeks only in calls with `rows_peeked` rows (the usual scoring batch), causal otherwise."""
     cheat, honest = peeking(), bigram
