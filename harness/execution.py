@@ -449,12 +449,26 @@ class _Run:
         rows = self.spec.protocol.batch_size * max(self.spec.protocol.window + MAX_CONTEXT, 128)
         self.slot_bytes = rows * len(self.data.vocab) * 4
         self.block_buffer = np.empty(self.slot_bytes // 4, dtype=np.float32)
-        self.shm_fds, self.shms = [], []
-        for _ in range(2):  # one shared block per scorer: inheritable, sparse until written
+        self.shm_fds: list[int] = []
+        self.shms: list[mmap.mmap] = []
+
+    def _fresh_shared_blocks(self) -> None:
+        """One new shared block per scorer, for every pair of scorers started. A block is far larger
+        than the rows the supervisor reads back from it, and a scorer can write anywhere in it: the
+        final scorers given the blocks the pass scorers had would find whatever those left there
+        (a hostile review carried valid from the passes into final scoring this way: valid 2.65)."""
+        self._close_shared_blocks()
+        for _ in range(2):  # inheritable, sparse (all zeros) until written
             fd = os.memfd_create("ptb-harness-rows", 0)
             os.ftruncate(fd, SLOTS * self.slot_bytes)
             self.shm_fds.append(fd)
             self.shms.append(mmap.mmap(fd, SLOTS * self.slot_bytes))
+
+    def _close_shared_blocks(self) -> None:
+        for shared, fd in zip(self.shms, self.shm_fds):
+            shared.close()
+            os.close(fd)
+        self.shm_fds, self.shms = [], []
 
     def _child_spec(self, work_dir: Path) -> dict[str, Any]:
         return {"type": "spec", "entry_path": str(self.entry_path), "hparams": self.spec.hparams,
@@ -467,6 +481,7 @@ class _Run:
         Each scores half the windows and audits the other's, so neither can pass an audit by
         remembering the window it copies."""
         self.phase = "starting scorers"
+        self._fresh_shared_blocks()
         trainer_work = self.run_dir / "trainer"
         # The two scorers work at the same time (one lane each): they share the run's threads and, with
         # a CPU lease, its CPUs, instead of each oversubscribing the cores with every thread.
@@ -1040,9 +1055,8 @@ class _Run:
                                             else "affinity mask only") if self.cpus else "none",
                                  "scorer_peak_memory_bytes": self.result.scorer_peak_memory_bytes,
                                  "scorer_setup_seconds": self.result.scorer_setup_seconds}
-        for shared, fd in zip(getattr(self, "shms", []), getattr(self, "shm_fds", [])):
-            shared.close()
-            os.close(fd)
+        if hasattr(self, "shms"):
+            self._close_shared_blocks()
         for name in ("trainer", "scorer0", "scorer1"):  # nothing a run wrote survives it
             remove_tree(self.run_dir / name)
 

@@ -307,18 +307,20 @@ class ScorePass:
         return [Request(inputs, _stream_name(), True, "replay", (group, 0), lane=lane)]
 
     def _interleave(self, primary: list[Request], shadows: list[list[Request]], last: list[Request]) -> list[Request]:
-        """Shadow blocks at random points of the primary sequence (before or after the window they
-        copy, so a model cannot wait to see the original first); one replay closes the pass."""
-        slots = sorted(int(self._rng.integers(0, len(primary) + 1)) for _ in shadows)
-        order = self._rng.permutation(len(shadows))
+        """A random interleaving of the primary sequence and every shadow stream, each kept in its
+        own order (a shadow's windows come before or after the windows they copy, so a model cannot
+        wait to see the original first); one replay closes the pass. Spread out rather than sent as
+        blocks, shadow windows keep both scorers busy: a scorer never holds two windows of one
+        stream, so a block of one stream would leave it one request at a time and the other idle."""
+        queues = [primary, *shadows]
+        taken = [0] * len(queues)
         result: list[Request] = []
-        blocks = iter(shadows[i] for i in order)
-        position = 0
-        for slot in slots:
-            result += primary[position:slot]
-            position = slot
-            result += next(blocks)
-        result += primary[position:]
+        remaining = np.array([len(queue) for queue in queues], dtype=np.float64)
+        while remaining.sum() > 0:
+            pick = int(self._rng.choice(len(queues), p=remaining / remaining.sum()))
+            result.append(queues[pick][taken[pick]])
+            taken[pick] += 1
+            remaining[pick] -= 1
         return result + last
 
     def _plan_masked(self) -> None:

@@ -97,6 +97,8 @@ EXPECTED = {
     "context_diluter": ("invalid", "causality_violation", "causality check failed"),
     # Finds only other streams' windows on its channel: it scores as the uniform model it otherwise is.
     "read_ahead": ("ok", None, ""),
+    # Looks for a marker in its scorer's shared block that an earlier scorer left: it finds none.
+    "shm_carry": ("ok", None, ""),
     # The contract and the sandbox.
     "huge_eval_context": ("failed", ("contract_violation", "sandbox_violation"), "eval_context"),
     "unserialisable_state": ("failed", "contract_violation", "state_dict holds a"),
@@ -265,6 +267,9 @@ def test_hostile_corpus_in_one_run_all(tmp_path: Path, env: dict[str, str]) -> N
     assert "valid_memory: remembered" in runs["valid_memory"].log_tail, runs["valid_memory"].log_tail[-800:]
     assert "valid_memory: reciting from 0 contexts" in runs["valid_memory"].log_tail
     assert runs["valid_memory"].valid_ppl > 100
+    # Pass scorers (each started on fresh blocks) wrote the marker; the final scorers never see it.
+    assert runs["shm_carry"].log_tail.count("marker absent") >= 4, runs["shm_carry"].log_tail[-800:]
+    assert "marker inherited" not in runs["shm_carry"].log_tail
     honest, bonus = runs["gc_snoop"], runs["tolerance_bonus"]  # the same uniform model, without and with +0.00099
     assert bonus.valid_ppl >= honest.valid_ppl * (1 - 1e-6) and bonus.test_ppl >= honest.test_ppl * (1 - 1e-6)
     assert "nothing split-sized in the trainer" in honest.log_tail and "nothing split-sized in the scorer" in honest.log_tail
