@@ -416,6 +416,11 @@ class _Run:
         return self.result
 
     def _end(self, end: RunEnd) -> None:
+        if self.cancel is not None and self.cancel.is_set() and end.status is not RunStatus.INTERRUPTED:
+            # The harness is stopping this run: what the run's thread saw first (a child already
+            # gone, a channel closed) is the stop's doing, not the entry's.
+            end = RunEnd(RunStatus.INTERRUPTED, FailureKind.INTERRUPTED,
+                         f"the harness was interrupted while this run was in progress (it then saw: {end.reason})")
         self.result.status, self.result.failure = end.status, end.failure
         self.result.reason, self.result.traceback = end.reason, end.traceback
 
