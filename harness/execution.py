@@ -391,6 +391,8 @@ class _Run:
         self.window = spec.protocol.window
         self.mask_id = len(data.vocab) if spec.track == "mlm" else None
         self.audits = {"causality_audits": 0, "replay_probes": 0}
+        self.shm_fds: list[int] = []  # one shared block per scorer, new for every pair started
+        self.shms: list[mmap.mmap] = []
 
     # --- The whole run --------------------------------------------------------------------------
 
@@ -454,8 +456,6 @@ class _Run:
         rows = self.spec.protocol.batch_size * max(self.spec.protocol.window + MAX_CONTEXT, 128)
         self.slot_bytes = rows * len(self.data.vocab) * 4
         self.block_buffer = np.empty(self.slot_bytes // 4, dtype=np.float32)
-        self.shm_fds: list[int] = []
-        self.shms: list[mmap.mmap] = []
 
     def _fresh_shared_blocks(self) -> None:
         """One new shared block per scorer, for every pair of scorers started. A block is far larger
@@ -1060,8 +1060,7 @@ class _Run:
                                             else "affinity mask only") if self.cpus else "none",
                                  "scorer_peak_memory_bytes": self.result.scorer_peak_memory_bytes,
                                  "scorer_setup_seconds": self.result.scorer_setup_seconds}
-        if hasattr(self, "shms"):
-            self._close_shared_blocks()
+        self._close_shared_blocks()
         for name in ("trainer", "scorer0", "scorer1"):  # nothing a run wrote survives it
             remove_tree(self.run_dir / name)
 

@@ -264,7 +264,7 @@ class ScorePass:
             # The cut is one of the row's scored positions, each as likely as any: every input after it
             # is changed and it must not move. (A cut anywhere in C + width would mostly fall in the
             # unscored left context of a model that asks for a long one, and test nothing that counts.)
-            width = min(w, length - k * w)  # positions of the row that window k scores
+            width = int(scored[k])  # positions of the row that window k scores
             cut = c + int(self._rng.integers(0, width))
             by_lane[1 - self.groups[g].lane].append((g, i, k, cut))
         streams = []

@@ -83,8 +83,8 @@ class Scorer:
             out = call_entry("runtime_error", "log_probs", entry.log_probs, inputs.to(self.device), state)
             log_probs, state = self.check(out, rows, cols)
             offset = int(message["slot"]) * self.slot_bytes
-            count = rows * cols * self.vocab_size
-            target = torch.from_numpy(np.frombuffer(self.shared, dtype=np.float32, count=count, offset=offset))
+            target = torch.frombuffer(self.shared, dtype=torch.float32, count=rows * cols * self.vocab_size,
+                                      offset=offset)
             # One pass straight into the shared block, whatever the dtype, device or layout (an
             # expanded view is read as it is): no float32 copy in between.
             target.view(rows, cols, self.vocab_size).copy_(log_probs.detach())  # (B, C + W, V)
