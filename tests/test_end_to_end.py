@@ -76,10 +76,11 @@ def test_step_that_never_returns_is_killed_and_recorded_timeout(project: Path, e
     assert run["test_ppl"] is None
 
 
-def test_memory_over_budget_is_killed_and_recorded_with_its_peak(project: Path, env: dict[str, str]) -> None:
-    result = run_cli("run", str(ENTRIES / "memory_hog.py"), "--memory", "1GiB", "--budget", "60", cwd=project, env=env)
+@pytest.mark.parametrize("entry", ["memory_hog", "grandchild_hog"])
+def test_memory_over_budget_is_killed_and_recorded_with_its_peak(project: Path, env: dict[str, str], entry: str) -> None:
+    result = run_cli("run", str(ENTRIES / f"{entry}.py"), "--memory", "1GiB", "--budget", "60", cwd=project, env=env)
     assert result.code == 1
-    run = runs(project)["memory_hog"]
+    run = runs(project)[entry]
     assert run["status"] == "out_of_memory"
     # Killed by the supervisor's measurement past the budget, or by the kernel's cgroup at it.
     assert run["peak_memory_bytes"] >= 0.95 * 2**30
